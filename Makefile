@@ -1,0 +1,36 @@
+# The two commands of the quick start: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nasdet-installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: set up, train and evaluate the baseline detector on the bundled digits
+demo: $(STAMP)
+	$(BIN)/nasdet train configs/baseline_digits.yaml --out runs/demo
+
+## test: set up and run the test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+## bench: regenerate docs/benchmarks.md (tens of minutes on 2 cores)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/coco_eval_speed.py --out docs/benchmarks/coco_eval.md
+	$(BIN)/python benchmarks/train_throughput.py --out docs/benchmarks/train_throughput.md
+	$(BIN)/python benchmarks/baselines.py --out docs/benchmarks/baselines.md
+	$(BIN)/python benchmarks/collect.py
+
+clean:
+	rm -rf runs .pytest_cache
