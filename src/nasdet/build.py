@@ -1,0 +1,172 @@
+"""The one edge where a config becomes keyword arguments for the builders.
+
+Everything inward (``nasdet.models``, ``nasdet.engine``) takes modules and plain arguments; only
+this module reads :mod:`nasdet.config` objects to build them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from nasdet.config import BackboneConfig, CocoData, DataConfig, DigitsData, ModelConfig
+from nasdet.data import (
+    VOC_CLASSES,
+    CocoDetectionDataset,
+    VOCDetectionDataset,
+    eval_transforms,
+    make_digits,
+    split_indices,
+    train_transforms,
+)
+from nasdet.errors import DataError
+from nasdet.models import detectors
+from nasdet.models.backbone import ExtraLevelsBackbone, FPNBackbone
+from nasdet.models.baselines import BASELINES
+from nasdet.models.io import load_backbone_weights
+
+log = logging.getLogger(__name__)
+
+# torchvision's default anchor size per stride for each detector (see nasdet.models.detectors).
+DEFAULT_ANCHOR_BASE = {"fasterrcnn": 8.0, "retinanet": 4.0, "fcos": 1.0}
+DEFAULT_EXTRA_LEVELS = {"fasterrcnn": "pool", "retinanet": "none", "fcos": "none"}
+
+
+def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> nn.Module:
+    """A baseline backbone (levels ``c<l>`` for ``cfg.levels``), with the weights the user names."""
+    body = BASELINES[cfg.name](width_mult=cfg.width_mult, levels=tuple(cfg.levels))
+    if load_weights and cfg.weights is not None:
+        load_backbone_weights(body, cfg.weights)
+    return body
+
+
+def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True) -> nn.Module:
+    """The torchvision detector ``cfg`` describes, for ``num_classes`` (background included)."""
+    body = build_backbone(cfg.backbone, load_weights=load_weights)
+    common = dict(
+        score_thresh=cfg.score_thresh,
+        nms_thresh=cfg.nms_thresh,
+        detections_per_img=cfg.detections_per_img,
+    )
+    if cfg.detector in ("ssd", "ssdlite"):
+        backbone = ExtraLevelsBackbone(body, cfg.ssd_extra_channels)
+        return detectors.ssd(
+            backbone,
+            num_classes,
+            size=cfg.min_size,
+            lite=cfg.detector == "ssdlite",
+            min_ratio=cfg.ssd_min_ratio,
+            max_ratio=cfg.ssd_max_ratio,
+            **common,
+        )
+    extra = cfg.extra_levels or DEFAULT_EXTRA_LEVELS[cfg.detector]
+    backbone = FPNBackbone(body, cfg.fpn_channels, extra)
+    anchor_base = cfg.anchor_base or DEFAULT_ANCHOR_BASE[cfg.detector]
+    sizes = dict(min_size=cfg.min_size, max_size=cfg.max_size, anchor_base=anchor_base)
+    if cfg.detector == "fasterrcnn":
+        return detectors.fasterrcnn(
+            backbone,
+            num_classes,
+            aspect_ratios=cfg.aspect_ratios,
+            representation_size=cfg.representation_size,
+            rpn_pre_nms_top_n=cfg.rpn_pre_nms_top_n,
+            rpn_post_nms_top_n=cfg.rpn_post_nms_top_n,
+            rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+            box_batch_size_per_image=cfg.box_batch_size_per_image,
+            **sizes,
+            **common,
+        )
+    if cfg.detector == "retinanet":
+        return detectors.retinanet(
+            backbone, num_classes, aspect_ratios=cfg.aspect_ratios, **sizes, **common
+        )
+    return detectors.fcos(backbone, num_classes, num_convs=cfg.fcos_num_convs, **sizes, **common)
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Training (augmented, crowd/difficult removed), validation and optional search split."""
+
+    train: Dataset
+    val: Dataset
+    search: Dataset | None
+    categories: list[str]
+    cat_ids: list[int]
+
+
+def build_datasets(cfg: DataConfig, *, seed: int = 0) -> Datasets:
+    """Open (or, for the bundled digits, generate) the datasets ``cfg`` names.
+
+    With ``search_fraction > 0`` a seeded portion of the training images becomes the search split
+    (evaluation transforms) and is removed from ``train``.
+    """
+    train_tf, eval_tf = train_transforms(hflip=cfg.hflip), eval_transforms()
+    if isinstance(cfg, DigitsData):
+        root = ensure_digits(cfg)
+        ann = root / "annotations"
+        train = CocoDetectionDataset(
+            root / "images", ann / "instances_train.json", train=True, transforms=train_tf
+        )
+        train_eval = CocoDetectionDataset(
+            root / "images", ann / "instances_train.json", train=False, transforms=eval_tf
+        )
+        val = CocoDetectionDataset(
+            root / "images", ann / "instances_val.json", train=False, transforms=eval_tf
+        )
+    elif isinstance(cfg, CocoData):
+        train = CocoDetectionDataset(
+            cfg.train_images, cfg.train_ann, train=True, transforms=train_tf
+        )
+        train_eval = CocoDetectionDataset(
+            cfg.train_images, cfg.train_ann, train=False, transforms=eval_tf
+        )
+        val = CocoDetectionDataset(cfg.val_images, cfg.val_ann, train=False, transforms=eval_tf)
+        if train.cat_ids != val.cat_ids:
+            raise DataError(
+                f"{cfg.val_ann}: categories differ from {cfg.train_ann} — both splits must list "
+                "the same categories"
+            )
+    else:
+        voc = dict(classes=cfg.classes)
+        train = VOCDetectionDataset(cfg.root, cfg.train_set, train=True, transforms=train_tf, **voc)
+        train_eval = VOCDetectionDataset(
+            cfg.root, cfg.train_set, train=False, transforms=eval_tf, **voc
+        )
+        val = VOCDetectionDataset(cfg.root, cfg.val_set, train=False, transforms=eval_tf, **voc)
+    search = None
+    if cfg.search_fraction > 0:
+        keep, held = split_indices(len(train), cfg.search_fraction, seed)
+        train, search = Subset(train, keep), Subset(train_eval, held)
+    base = train.dataset if isinstance(train, Subset) else train
+    return Datasets(train, val, search, list(base.categories), list(base.cat_ids))
+
+
+def ensure_digits(cfg: DigitsData) -> Path:
+    """The bundled digits set at ``cfg.root``, generated there first if it is missing."""
+    root = Path(cfg.root)
+    ann = root / "annotations"
+    if (ann / "instances_train.json").is_file() and (ann / "instances_val.json").is_file():
+        return root
+    log.info("generating the bundled digits set in %s (train %d, val %d)", root, cfg.train, cfg.val)
+    make_digits(root, train=cfg.train, val=cfg.val, size=cfg.size, seed=cfg.seed)
+    return root
+
+
+def num_classes(cfg: DataConfig) -> int:
+    """Classes (background included) of the data ``cfg`` names, without opening any image."""
+    if isinstance(cfg, DigitsData):
+        return 10 + 1
+    if isinstance(cfg, CocoData):
+        try:
+            return len(json.loads(Path(cfg.train_ann).read_text())["categories"]) + 1
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(
+                f"{cfg.train_ann}: cannot read its categories ({type(e).__name__}) — "
+                f"run `nasdet data check --coco {cfg.train_ann} --images {cfg.train_images}`"
+            ) from None
+    return len(cfg.classes or VOC_CLASSES) + 1

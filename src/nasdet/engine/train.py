@@ -1,0 +1,294 @@
+"""A plain PyTorch training loop for torchvision detectors.
+
+- SGD or AdamW; linear warm-up then cosine / multistep / constant, stepped per iteration;
+- gradient clipping, AMP and ``channels_last`` on CUDA;
+- deterministic: the shuffle order of epoch ``e`` comes from a generator seeded with
+  ``(seed, e)``, and the global RNG state is checkpointed, so ``resume`` continues bit for bit;
+- a checkpoint (model, optimizer, scheduler, scaler, RNG, epoch, history) written atomically after
+  every epoch; a NaN/inf loss stops training naming the step and the last good checkpoint;
+- tqdm progress with ETA, TensorBoard scalars, ``logging`` per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import SGD, AdamW, Optimizer
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    SequentialLR,
+)
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from nasdet.data import collate
+from nasdet.errors import CheckpointError, ConfigError, TrainingDiverged
+from nasdet.models.io import atomic_save, read_weights
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def make_optimizer(
+    model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> Optimizer:
+    """SGD (with momentum) or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+
+
+def make_scheduler(
+    optimizer: Optimizer,
+    schedule: str,
+    *,
+    total_iters: int,
+    warmup_iters: int = 0,
+    warmup_factor: float = 0.001,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> LRScheduler:
+    """A per-iteration schedule: linear warm-up from ``warmup_factor * lr`` over ``warmup_iters``
+    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant."""
+    warmup = min(warmup_iters, max(total_iters - 1, 0))
+    rest = max(total_iters - warmup, 1)
+    if schedule == "cosine":
+        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
+    elif schedule == "multistep":
+        main = MultiStepLR(optimizer, [max(m - warmup, 1) for m in milestones], gamma=gamma)
+    elif schedule == "constant":
+        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        raise ValueError(f"schedule must be cosine, multistep or constant, got {schedule!r}")
+    if warmup == 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available — use auto")
+    return torch.device(name)
+
+
+@dataclass
+class Trainer:
+    """Trains ``model`` on ``train_set`` for ``epochs``; see the module docstring.
+
+    ``evaluate`` (optional) is called as ``evaluate(model, epoch)`` after the epochs named by
+    ``eval_every`` and after the last one; its metrics go to that epoch's history entry as
+    ``entry["val"]``.
+    ``fingerprint`` identifies the run's settings: resuming from a checkpoint written with another
+    fingerprint is refused (the schedule would not be the same).
+    """
+
+    model: nn.Module
+    train_set: Dataset
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    out_dir: Path
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    grad_clip: float | None = None
+    amp: bool = True
+    channels_last: bool = True
+    num_workers: int = 0
+    evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None
+    eval_every: int = 0
+    tensorboard: bool = True
+    fingerprint: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.cuda = self.device.type == "cuda"
+        self.model.to(self.device)
+        if self.cuda and self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.amp)
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=self.generator,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=self.cuda,
+            persistent_workers=False,
+        )
+        self.start_epoch = 0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, epoch: int) -> Path:
+        """Everything needed to continue after ``epoch`` (1-based count of finished epochs)."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return atomic_save(
+            {
+                "epoch": epoch,
+                "epochs": self.epochs,
+                "fingerprint": self.fingerprint,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "history": self.history,
+            },
+            self.checkpoint_path,
+        )
+
+    def load_checkpoint(self) -> None:
+        """Restore the state saved by :meth:`save_checkpoint`; continue after its epoch."""
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no checkpoint to resume from — run without --resume")
+        ck = read_weights(path)
+        if ck.get("fingerprint") != self.fingerprint or ck.get("epochs") != self.epochs:
+            raise CheckpointError(
+                f"{path}: written with different settings than this run — resume with the same "
+                "config, or start fresh in another --out directory"
+            )
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        random.setstate(_as_python_state(ck["rng"]["python"]))
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        self.history = list(ck["history"])
+        self.start_epoch = int(ck["epoch"])
+        log.info("resuming %s after epoch %d/%d", path, self.start_epoch, self.epochs)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, *, resume: bool = False) -> list[dict[str, Any]]:
+        """Train the remaining epochs; returns the per-epoch history."""
+        if resume:
+            self.load_checkpoint()
+        writer = self._writer()
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                entry = self._train_epoch(epoch, writer)
+                last = epoch + 1 == self.epochs
+                if self.evaluate is not None and (
+                    last or (self.eval_every and (epoch + 1) % self.eval_every == 0)
+                ):
+                    self.model.eval()
+                    metrics = self.evaluate(self.model, epoch + 1)
+                    entry["val"] = metrics
+                    if writer is not None:
+                        for k, v in metrics.items():
+                            writer.add_scalar(f"val/{k}", v, epoch + 1)
+                self.history.append(entry)
+                self.save_checkpoint(epoch + 1)
+                log.info(
+                    "epoch %d/%d  loss %.4f  lr %.5f  %.1f img/s%s",
+                    epoch + 1,
+                    self.epochs,
+                    entry["loss"],
+                    entry["lr"],
+                    entry["images_per_s"],
+                    f"  val mAP {entry['val']['mAP']:.4f}" if "val" in entry else "",
+                )
+        finally:
+            if writer is not None:
+                writer.close()
+        return self.history
+
+    def _train_epoch(self, epoch: int, writer: Any) -> dict[str, Any]:
+        self.model.train()
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        iters = len(self.loader)
+        total, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, disable=None)
+        for i, (images, targets) in enumerate(bar):
+            images = [img.to(self.device, non_blocking=True) for img in images]
+            targets = [_to_device(t, self.device) for t in targets]
+            with torch.autocast(self.device.type, enabled=self.cuda and self.amp):
+                losses = self.model(images, targets)
+                loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                self._diverged(loss, epoch, i, losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            value = float(loss.detach())
+            total += value * len(images)
+            seen += len(images)
+            if writer is not None:
+                step = epoch * iters + i
+                writer.add_scalar("train/loss", value, step)
+                writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+            bar.set_postfix(loss=f"{value:.3f}")
+        seconds = time.perf_counter() - start
+        return {
+            "epoch": epoch + 1,
+            "loss": total / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else math.inf,
+        }
+
+    def _diverged(self, loss: torch.Tensor, epoch: int, i: int, losses: dict) -> None:
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        good = (
+            f"{self.checkpoint_path} (after epoch {epoch})"
+            if self.checkpoint_path.is_file() and epoch > 0
+            else "none (diverged in the first epoch)"
+        )
+        raise TrainingDiverged(
+            f"loss became {float(loss)} at epoch {epoch + 1}, iteration {i + 1} "
+            f"(step {epoch * len(self.loader) + i + 1}; {parts}); last good checkpoint: {good} — "
+            "lower train.lr, raise train.warmup_iters or set train.grad_clip"
+        )
+
+    def _writer(self) -> Any:
+        if not self.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+
+def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+
+
+def _as_python_state(state: Any) -> tuple:
+    """``random.setstate`` needs tuples; a state may come back from disk with lists."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,128 @@
+"""Pipeline steps. Each step reads a config, writes its outputs into a directory, and can be
+re-run after a kill to continue where it stopped.
+
+``train_step``: build the datasets and the detector a config describes, train it, evaluate it on
+the validation split, and write ``model.pt`` (loadable with :func:`nasdet.load_model`),
+``metrics.json``, ``history.json`` and the resolved ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from nasdet.build import build_datasets, build_detector
+from nasdet.config import Config
+from nasdet.cost import count_params
+from nasdet.engine.evaluate import evaluate
+from nasdet.engine.train import Trainer, make_optimizer, make_scheduler, resolve_device
+from nasdet.models.io import save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_step` produced: final validation metrics and where the files are."""
+
+    out_dir: Path
+    model_path: Path
+    metrics: dict[str, float]
+    params: int
+    train_seconds: float
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """A stable text of the settings that determine a training run (for resume checks)."""
+    dump = cfg.model_dump(mode="json", exclude={"eval": True, "train": {"tensorboard"}})
+    return json.dumps(dump, sort_keys=True)
+
+
+def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Train and evaluate the detector of ``cfg``; outputs go to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(cfg.data, seed=cfg.seed)
+    device = resolve_device(cfg.train.device)
+    model = build_detector(cfg.model, len(data.categories) + 1)
+    t = cfg.train
+    iters_per_epoch = -(-len(data.train) // t.batch_size)
+    optimizer = make_optimizer(
+        model, t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+    )
+    scheduler = make_scheduler(
+        optimizer,
+        t.schedule,
+        total_iters=t.epochs * iters_per_epoch,
+        warmup_iters=t.warmup_iters,
+        warmup_factor=t.warmup_factor,
+        milestones=[m * iters_per_epoch for m in t.milestones],
+        gamma=t.gamma,
+    )
+
+    def score(m: torch.nn.Module, epoch: int) -> dict[str, float]:
+        return evaluate(
+            m, data.val, batch_size=cfg.eval.batch_size, device=device, backend=cfg.eval.backend
+        )
+
+    trainer = Trainer(
+        model=model,
+        train_set=data.train,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        out_dir=out_dir,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        seed=cfg.seed,
+        device=device,
+        grad_clip=t.grad_clip,
+        amp=t.amp,
+        channels_last=t.channels_last,
+        num_workers=cfg.data.num_workers,
+        evaluate=score,
+        eval_every=t.eval_every,
+        tensorboard=t.tensorboard,
+        fingerprint=config_fingerprint(cfg),
+    )
+    start = time.perf_counter()
+    history = trainer.fit(resume=resume)
+    seconds = sum(e["seconds"] for e in history)
+    log.info(
+        "trained %d epochs in %.1f s (wall %.1f s this run)",
+        len(history),
+        seconds,
+        time.perf_counter() - start,
+    )
+    metrics = history[-1]["val"]
+    params = count_params(model)
+    model_path = save_model(
+        out_dir / "model.pt",
+        model.cpu(),
+        architecture=cfg.model.model_dump(mode="json"),
+        categories=data.categories,
+        cat_ids=data.cat_ids,
+        meta={"metrics": metrics, "params": params, "epochs": t.epochs},
+    )
+    _write_json(out_dir / "history.json", history)
+    _write_json(
+        out_dir / "metrics.json",
+        {"metrics": metrics, "params": params, "train_seconds": seconds, "model": str(model_path)},
+    )
+    return TrainResult(out_dir, model_path, metrics, params, seconds)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,33 @@
+"""Shared fixtures: a small bundled-digits set made once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nasdet.data import make_digits
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits detection set with 32 train and 12 val images of 96 px."""
+    root = tmp_path_factory.mktemp("digits")
+    return make_digits(root, train=32, val=12, size=96, seed=0)
+
+
+def tiny_config(digits_root: Path, **train: object) -> dict:
+    """A config dict for a small FCOS that trains in seconds on :func:`digits_root`."""
+    return {
+        "seed": 0,
+        "data": {"format": "digits", "root": str(digits_root), "train": 32, "val": 12, "size": 96},
+        "model": {
+            "detector": "fcos",
+            "backbone": {"name": "resnet18", "width_mult": 0.25},
+            "fpn_channels": 32,
+            "min_size": 96,
+            "max_size": 96,
+        },
+        "train": {"epochs": 2, "batch_size": 8, "warmup_iters": 2, "tensorboard": False, **train},
+        "eval": {"batch_size": 12},
+    }
