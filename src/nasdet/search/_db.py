@@ -1,0 +1,191 @@
+"""SQLite plumbing of the record store: schema, per-thread connections, transactions, errors.
+
+Connections run in autocommit mode; every write is one explicit ``BEGIN IMMEDIATE`` … ``COMMIT``
+transaction (taking the write lock up front, so two writers never deadlock on a lock upgrade). The
+file is in WAL mode with ``synchronous = FULL`` and a busy timeout. Each thread gets its own
+connection, and a forked child opens new ones instead of using its parent's.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nasdet.errors import NasdetError
+
+SCHEMA_VERSION = 1
+STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "infeasible")
+COLUMNS = (
+    "id, step, genotype, parent_id, status, metrics, cost, weights_path, error, "
+    "created_at, started_at, finished_at, worker, extra"
+)
+_SCHEMA = f"""
+CREATE TABLE nasdet_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    step TEXT NOT NULL,
+    genotype TEXT NOT NULL,
+    parent_id INTEGER,
+    status TEXT NOT NULL CHECK (status IN {STATUSES!r}),
+    metrics TEXT NOT NULL DEFAULT '{{}}',
+    cost TEXT NOT NULL DEFAULT '{{}}',
+    weights_path TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    worker TEXT,
+    extra TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE UNIQUE INDEX records_step_genotype ON records (step, genotype);
+CREATE INDEX records_step_status ON records (step, status)
+"""
+
+
+class RecordStoreError(NasdetError):
+    """The record file is unusable, or a record is missing or in the wrong state."""
+
+
+class Database:
+    """Connections to one record-store file, created and schema-checked on construction.
+
+    Args:
+        path: the SQLite file (its parent folder must exist).
+        busy_timeout_s: how long a statement waits for another connection's lock, in seconds.
+
+    Raises:
+        RecordStoreError: not SQLite, corrupt, another program's database, other schema version.
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._inherited: list[sqlite3.Connection] = []
+        self._init_schema()
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        if os.getpid() != self._pid:
+            # A forked child: keep (never use, never close) the parent's handles, since closing
+            # them here could disturb the parent's locks; open fresh ones for this process.
+            self._inherited = self._inherited + self._conns
+            self._pid, self._local = os.getpid(), threading.local()
+            self._lock, self._conns = threading.Lock(), []
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,  # autocommit; write transactions are explicit
+                check_same_thread=False,  # only so that close() may close every thread's one
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+        return conn
+
+    def error(self, exc: sqlite3.DatabaseError) -> RecordStoreError:
+        """A one-line :class:`RecordStoreError` naming the file for a SQLite error."""
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return RecordStoreError(
+                f"{self.path}: not a readable SQLite record store ({text}); move it away or "
+                "choose another run directory"
+            )
+        if "locked" in text or "busy" in text:
+            return RecordStoreError(
+                f"{self.path}: database stayed locked by another process for "
+                f"{self.busy_timeout_s:g} s ({text}); retry or raise busy_timeout_s"
+            )
+        return RecordStoreError(f"{self.path}: SQLite error: {text}")
+
+    def _init_schema(self) -> None:
+        try:
+            tables = {r[0] for r in self.query("SELECT name FROM sqlite_master")}
+            if tables and "nasdet_meta" not in tables:  # leave other programs' files untouched
+                raise RecordStoreError(
+                    f"{self.path}: a SQLite database but not a nasdet record store; "
+                    "choose another file"
+                )
+            conn = self.conn()
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            with self.write() as cur:
+                if cur.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+                    # one statement at a time: executescript() would COMMIT mid-transaction
+                    for statement in _SCHEMA.split(";"):
+                        cur.execute(statement)
+                    cur.execute(
+                        "INSERT INTO nasdet_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                    )
+                    return
+                row = cur.execute(
+                    "SELECT value FROM nasdet_meta WHERE key = 'schema_version'"
+                ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+        version = None if row is None else int(row[0])
+        if version != SCHEMA_VERSION:
+            raise RecordStoreError(
+                f"{self.path}: record store schema version {version}, this nasdet reads "
+                f"version {SCHEMA_VERSION}; use the nasdet version that wrote it or start a "
+                "new run directory"
+            )
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Cursor]:
+        """One ``BEGIN IMMEDIATE`` … ``COMMIT`` transaction, rolled back on any exception.
+
+        ``sqlite3.IntegrityError`` passes through unchanged (callers handle duplicates); other
+        SQLite errors become :class:`RecordStoreError`.
+        """
+        conn = self.conn()
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+        try:
+            yield cur
+            conn.commit()
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.IntegrityError
+            ):
+                raise self.error(exc) from None
+            raise
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        """All rows of one read statement."""
+        try:
+            return self.conn().execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+
+    def close(self) -> None:
+        """Close every connection this process opened (they reopen on next use)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
