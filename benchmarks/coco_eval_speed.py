@@ -5,14 +5,12 @@ images, objects of every area range) and a noisy detection set (jittered true po
 duplicates, class confusions, background false positives), evaluates it with both backends on the
 same inputs, checks the 12 stats agree and prints a markdown table of median wall-clock seconds.
 
-    python benchmarks/coco_eval_speed.py --detections 5000 --images 500 --out docs/bench.md
+    python benchmarks/coco_eval_speed.py --out docs/benchmarks/coco_eval.md
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -20,12 +18,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import machine_line, write_fragment
 
-try:
-    from nasdet.engine.coco_eval import STAT_KEYS, evaluate_coco
-except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from nasdet.engine.coco_eval import STAT_KEYS, evaluate_coco
+from nasdet.engine.coco_eval import STAT_KEYS, evaluate_coco
 
 CAT_IDS = (1, 3, 4, 8, 13, 21, 34, 55, 89, 90)
 WIDTH, HEIGHT = 640, 480
@@ -127,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     if max_diff > TOLERANCE:
         agree = f"NO (max diff {max_diff:.1e})"
 
-    import torch  # only to report the thread count nasdet would run with
-
     command = shlex.join(["python", "benchmarks/coco_eval_speed.py", *sys.argv[1:]])
     ref_time = results["pycocotools"][0]
     lines = [
@@ -146,14 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         ", ".join(f"{k} {ref_stats[k]:.4f}" for k in ("mAP", "AP50", "AR100")) + ".",
         f"Command: `{command}`",
-        f"Machine: {platform.platform()}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads.",
+        f"Machine: {machine_line()}",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        write_fragment(args.out, text)
     if max_diff > TOLERANCE:
         print(f"error: backends disagree by {max_diff:.1e} (> {TOLERANCE})", file=sys.stderr)
         return 1
