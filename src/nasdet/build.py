@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 from torch.utils.data import Dataset, Subset
+from torchvision.ops import FrozenBatchNorm2d
 
-from nasdet.config import BackboneConfig, CocoData, DataConfig, DigitsData, ModelConfig
+from nasdet.config import BackboneConfig, CocoData, Config, DataConfig, DigitsData, ModelConfig
 from nasdet.data import (
     VOC_CLASSES,
     CocoDetectionDataset,
@@ -24,11 +26,16 @@ from nasdet.data import (
     split_indices,
     train_transforms,
 )
+from nasdet.engine.train import Trainer, make_optimizer, make_scheduler, resolve_device
 from nasdet.errors import DataError
 from nasdet.models import detectors
 from nasdet.models.backbone import ExtraLevelsBackbone, FPNBackbone
 from nasdet.models.baselines import BASELINES
 from nasdet.models.io import load_backbone_weights
+from nasdet.models.parallel import ParallelFPN
+from nasdet.models.serial import SerialBackbone
+from nasdet.spaces.parallel import ParallelCode
+from nasdet.spaces.serial import SerialCode
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,18 @@ DEFAULT_EXTRA_LEVELS = {"fasterrcnn": "pool", "retinanet": "none", "fcos": "none
 
 
 def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> nn.Module:
-    """A baseline backbone (levels ``c<l>`` for ``cfg.levels``), with the weights the user names."""
-    body = BASELINES[cfg.name](width_mult=cfg.width_mult, levels=tuple(cfg.levels))
+    """The backbone ``cfg`` names (levels ``c<l>``), with the weights the user names."""
+    if cfg.name == "serial":
+        code = SerialCode.parse(cfg.code)
+        body: nn.Module = SerialBackbone(
+            code,
+            block=cfg.block,
+            base_width=cfg.base_width,
+            norm_layer=FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d,
+            levels=cfg.levels or [lv for lv in code.levels if lv >= 3],
+        )
+    else:
+        body = BASELINES[cfg.name](width_mult=cfg.width_mult, levels=tuple(cfg.levels or (3, 4, 5)))
     if load_weights and cfg.weights is not None:
         load_backbone_weights(body, cfg.weights)
     return body
@@ -65,7 +82,11 @@ def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = T
             **common,
         )
     extra = cfg.extra_levels or DEFAULT_EXTRA_LEVELS[cfg.detector]
-    backbone = FPNBackbone(body, cfg.fpn_channels, extra)
+    if cfg.neck == "parallel_fpn":
+        code = ParallelCode.parse(cfg.neck_code or "", num_levels=len(body.feature_info))
+        backbone: FPNBackbone = ParallelFPN(body, code, cfg.fpn_channels, extra)
+    else:
+        backbone = FPNBackbone(body, cfg.fpn_channels, extra)
     anchor_base = cfg.anchor_base or DEFAULT_ANCHOR_BASE[cfg.detector]
     sizes = dict(min_size=cfg.min_size, max_size=cfg.max_size, anchor_base=anchor_base)
     if cfg.detector == "fasterrcnn":
@@ -170,3 +191,53 @@ def num_classes(cfg: DataConfig) -> int:
                 f"run `nasdet data check --coco {cfg.train_ann} --images {cfg.train_images}`"
             ) from None
     return len(cfg.classes or VOC_CLASSES) + 1
+
+
+def make_trainer(
+    model: nn.Module,
+    train_set: Dataset,
+    cfg: Config,
+    out_dir: Path,
+    *,
+    epochs: int | None = None,
+    lr_scale: float = 1.0,
+    evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    tensorboard: bool | None = None,
+    fingerprint: str = "",
+) -> Trainer:
+    """A :class:`~nasdet.engine.train.Trainer` with the optimizer and per-iteration schedule of
+    ``cfg.train`` (``epochs`` and ``lr * lr_scale`` may be overridden, e.g. for candidates)."""
+    t = cfg.train
+    epochs = epochs or t.epochs
+    iters = -(-len(train_set) // t.batch_size)
+    optimizer = make_optimizer(
+        model, t.optimizer, lr=t.lr * lr_scale, momentum=t.momentum, weight_decay=t.weight_decay
+    )
+    scheduler = make_scheduler(
+        optimizer,
+        t.schedule,
+        total_iters=epochs * iters,
+        warmup_iters=min(t.warmup_iters, epochs * iters // 2),
+        warmup_factor=t.warmup_factor,
+        milestones=[m * iters for m in t.milestones],
+        gamma=t.gamma,
+    )
+    return Trainer(
+        model=model,
+        train_set=train_set,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        out_dir=out_dir,
+        epochs=epochs,
+        batch_size=t.batch_size,
+        seed=cfg.seed,
+        device=resolve_device(t.device),
+        grad_clip=t.grad_clip,
+        amp=t.amp,
+        channels_last=t.channels_last,
+        num_workers=cfg.data.num_workers,
+        evaluate=evaluate,
+        eval_every=t.eval_every,
+        tensorboard=t.tensorboard if tensorboard is None else tensorboard,
+        fingerprint=fingerprint,
+    )

@@ -73,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_cost)
 
+    v = sub.add_parser("convert", help="convert a checkpoint into a nasdet model file")
+    v.add_argument(
+        "kind",
+        choices=["torchvision-fasterrcnn"],
+        help="torchvision-fasterrcnn: a fasterrcnn_resnet50_fpn state dict",
+    )
+    v.add_argument("checkpoint", type=Path)
+    v.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
+    v.add_argument("--min-size", type=int, default=800)
+    v.add_argument("--max-size", type=int, default=1333)
+    v.set_defaults(func=cmd_convert)
+
     d = sub.add_parser("data", help="make or check datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     g = dsub.add_parser("digits", help="write the bundled digits detection set (COCO format)")
@@ -175,6 +187,30 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         _print_table("cost", report)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nasdet.cost import count_params
+    from nasdet.models.convert import coco_categories, convert_torchvision_fasterrcnn
+    from nasdet.models.io import save_model
+
+    model, arch = convert_torchvision_fasterrcnn(
+        args.checkpoint, min_size=args.min_size, max_size=args.max_size
+    )
+    categories, cat_ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
+    path = save_model(
+        args.out,
+        model,
+        architecture=arch,
+        categories=categories,
+        cat_ids=cat_ids,
+        meta={"converted_from": str(args.checkpoint)},
+    )
+    print(
+        f"wrote {path}: Faster R-CNN on SerialBackbone('{arch['backbone']['code']}'), "
+        f"{count_params(model):,} parameters, {len(categories)} classes"
+    )
     return 0
 
 

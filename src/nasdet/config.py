@@ -11,11 +11,20 @@ modules and keyword arguments.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from nasdet.errors import ConfigError
 
@@ -90,18 +99,39 @@ class BackboneConfig(Strict):
         "mobilenet_v3_large",
         "mobilenet_v3_small",
         "shufflenet_v2",
+        "serial",
     ] = "resnet18"
-    width_mult: float = Field(1.0, gt=0.0, le=4.0)
-    levels: list[Literal[2, 3, 4, 5]] = [3, 4, 5]
+    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="baselines only")
+    levels: list[int] | None = Field(
+        None, description="feature levels (stride 2**level); default 3,4,5 (serial: all from 3)"
+    )
     weights: Path | None = Field(
         None, description="a torchvision classification state dict to start the backbone from"
     )
+    code: str | None = Field(None, description="serial: block code, e.g. 111-2111-211111-211")
+    block: Literal["bottleneck", "basic", "resnext"] = "bottleneck"
+    base_width: int = Field(64, ge=1, description="serial: first-stage width")
+    frozen_bn: bool = Field(False, description="serial: FrozenBatchNorm2d (torchvision's R-CNN)")
+
+    @model_validator(mode="after")
+    def _serial_code(self) -> BackboneConfig:
+        if self.name == "serial":
+            from nasdet.spaces.serial import SerialCode
+
+            if self.code is None:
+                raise ValueError("a serial backbone needs code (e.g. '111-2111-211111-211')")
+            SerialCode.parse(self.code)
+        elif self.code is not None:
+            raise ValueError(f"code is for name: serial, not {self.name}")
+        return self
 
 
 class ModelConfig(Strict):
     detector: Literal["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite"] = "fcos"
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     fpn_channels: int = Field(64, ge=8, description="FPN width (not used by SSD)")
+    neck: Literal["fpn", "parallel_fpn"] = "fpn"
+    neck_code: str | None = Field(None, description="parallel_fpn: blocks per level, e.g. 0-1-0")
     extra_levels: Literal["none", "pool", "p6p7"] | None = Field(
         None, description="levels added after the FPN; default: pool (Faster R-CNN), none"
     )
@@ -160,8 +190,12 @@ class Config(Strict):
 
 
 # ----------------------------------------------------------------------------- loading
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config; :class:`ConfigError` (one line) on any mistake."""
+C = TypeVar("C", bound=Config)
+
+
+def load_config(path: str | Path, schema: type[C] = Config) -> C:  # type: ignore[assignment]
+    """Read and validate a YAML config against ``schema`` (a :class:`Config` subclass);
+    :class:`ConfigError` (one line) on any mistake."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found — check the path")
@@ -174,15 +208,20 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, ...)")
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=str(path), schema=schema)
 
 
-def parse_config(raw: dict[str, Any], *, source: str = "<config>") -> Config:
-    """Validate a config dict; errors name ``source`` and the key path."""
+def parse_config(
+    raw: dict[str, Any],
+    *,
+    source: str = "<config>",
+    schema: type[C] = Config,  # type: ignore[assignment]
+) -> C:
+    """Validate a config dict against ``schema``; errors name ``source`` and the key path."""
     try:
-        return Config.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_describe(e, Config)}") from None
+        raise ConfigError(f"{source}: {_describe(e, schema)}") from None
 
 
 def _describe(err: ValidationError, root: type[BaseModel]) -> str:
@@ -216,5 +255,15 @@ def _known_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return []
-        model = field.annotation
+        model = _section_type(field.annotation)
     return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _section_type(annotation: Any) -> Any:
+    """The model class inside ``X | None`` / ``list[X]`` annotations (else the annotation)."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if hasattr(_section_type(arg), "model_fields"):
+            return _section_type(arg)
+    return annotation

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import yaml
 
-from nasdet.build import build_datasets, build_detector
+from nasdet.build import build_datasets, build_detector, make_trainer
 from nasdet.config import Config
 from nasdet.cost import count_params
 from nasdet.engine.evaluate import evaluate
-from nasdet.engine.train import Trainer, make_optimizer, make_scheduler, resolve_device
+from nasdet.engine.train import resolve_device
 from nasdet.models.io import save_model
 
 log = logging.getLogger(__name__)
@@ -56,44 +56,14 @@ def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> Tra
     data = build_datasets(cfg.data, seed=cfg.seed)
     device = resolve_device(cfg.train.device)
     model = build_detector(cfg.model, len(data.categories) + 1)
-    t = cfg.train
-    iters_per_epoch = -(-len(data.train) // t.batch_size)
-    optimizer = make_optimizer(
-        model, t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-    )
-    scheduler = make_scheduler(
-        optimizer,
-        t.schedule,
-        total_iters=t.epochs * iters_per_epoch,
-        warmup_iters=t.warmup_iters,
-        warmup_factor=t.warmup_factor,
-        milestones=[m * iters_per_epoch for m in t.milestones],
-        gamma=t.gamma,
-    )
 
     def score(m: torch.nn.Module, epoch: int) -> dict[str, float]:
         return evaluate(
             m, data.val, batch_size=cfg.eval.batch_size, device=device, backend=cfg.eval.backend
         )
 
-    trainer = Trainer(
-        model=model,
-        train_set=data.train,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        out_dir=out_dir,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        seed=cfg.seed,
-        device=device,
-        grad_clip=t.grad_clip,
-        amp=t.amp,
-        channels_last=t.channels_last,
-        num_workers=cfg.data.num_workers,
-        evaluate=score,
-        eval_every=t.eval_every,
-        tensorboard=t.tensorboard,
-        fingerprint=config_fingerprint(cfg),
+    trainer = make_trainer(
+        model, data.train, cfg, out_dir, evaluate=score, fingerprint=config_fingerprint(cfg)
     )
     start = time.perf_counter()
     history = trainer.fit(resume=resume)
@@ -112,7 +82,7 @@ def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> Tra
         architecture=cfg.model.model_dump(mode="json"),
         categories=data.categories,
         cat_ids=data.cat_ids,
-        meta={"metrics": metrics, "params": params, "epochs": t.epochs},
+        meta={"metrics": metrics, "params": params, "epochs": cfg.train.epochs},
     )
     _write_json(out_dir / "history.json", history)
     _write_json(
