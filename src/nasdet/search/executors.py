@@ -1,0 +1,349 @@
+"""Executors: evaluate search candidates one per worker, in this process or on a Ray cluster.
+
+A search hands an executor a function ``fn(payload) -> result`` and an iterable of
+:class:`Task` (a record id and a JSON-ready payload: config dict, genotype string, paths; never
+modules). The executor keeps at most ``max_workers`` tasks in flight, pulls the next task only when
+a slot frees (so a lazy iterable can choose its next candidate after seeing results) and yields one
+:class:`Outcome` per task as it finishes, in any order. The driver process owns the record store
+and commits each outcome as it arrives::
+
+    with make_executor("ray", address="auto", num_gpus_per_task=1) as executor:
+        for outcome in executor.run(evaluate_candidate, tasks):
+            if outcome.ok:
+                store.finish(outcome.record_id, outcome.result["metrics"])
+            else:
+                store.fail(outcome.record_id, outcome.error)
+
+An exception inside ``fn`` (or a crashed Ray worker) becomes ``Outcome(ok=False, error=...)`` with a
+one-line error; the traceback is logged at DEBUG level. It never stops the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+from nasdet.errors import ConfigError, NasdetError
+
+__all__ = [
+    "Executor",
+    "InProcessExecutor",
+    "Outcome",
+    "RayExecutor",
+    "Task",
+    "TaskFn",
+    "make_executor",
+]
+
+logger = logging.getLogger(__name__)
+
+TaskFn = Callable[[dict[str, Any]], dict[str, Any]]
+_MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Task:
+    """One candidate to evaluate.
+
+    Attributes:
+        record_id: the candidate's record in the driver's record store.
+        payload: plain JSON-ready data ``fn`` needs (config dict, genotype string, paths).
+    """
+
+    record_id: int
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What evaluating one :class:`Task` gave.
+
+    Attributes:
+        record_id: the task's record id.
+        ok: ``fn`` returned a dict (``True``) or failed (``False``).
+        result: ``fn``'s return value (metrics, cost, weights path...); empty when failed.
+        error: ``"ExceptionType: message"`` on one line when failed, else ``None``.
+    """
+
+    record_id: int
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def error_line(exc: BaseException) -> str:
+    """``"Type: message"`` of an exception on one line (whitespace collapsed, at most 500 chars)."""
+    message = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _call(fn: TaskFn, task: Task) -> tuple[Outcome, str | None]:
+    """Run ``fn`` on a task; return its outcome and, when it failed, the traceback text."""
+    try:
+        result = fn(dict(task.payload))
+        if not isinstance(result, Mapping):
+            raise TypeError(f"the task function returned {type(result).__name__}, not a dict")
+        return Outcome(task.record_id, True, dict(result)), None
+    except Exception as exc:  # noqa: BLE001 - any failure of one candidate is its outcome
+        tb = traceback.format_exc()
+        logger.debug("record %d failed:\n%s", task.record_id, tb)
+        return Outcome(task.record_id, False, {}, error_line(exc)), tb
+
+
+def _log_failure(outcome: Outcome, tb: str | None) -> None:
+    logger.warning("record %d failed: %s", outcome.record_id, outcome.error)
+    if tb:
+        logger.debug("record %d traceback:\n%s", outcome.record_id, tb)
+
+
+class Executor(ABC):
+    """Runs a task function on many tasks, at most :attr:`max_workers` at a time.
+
+    Use as a context manager (or call :meth:`close`) to release its workers.
+    """
+
+    max_workers: int
+
+    @abstractmethod
+    def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """Evaluate ``fn(task.payload)`` for every task; yield outcomes as they finish.
+
+        Tasks are pulled from ``tasks`` only when a worker slot is free (never more than
+        :attr:`max_workers` ahead of the outcomes yielded), so ``tasks`` may be a generator that
+        looks at the record store to choose its next candidate. Closing the returned iterator
+        early (or an exception in the driver) cancels the tasks still in flight; their records
+        stay as the caller left them (``running``, if it claimed them).
+
+        Args:
+            fn: a function of the payload dict returning a JSON-ready result dict. For
+                :class:`RayExecutor` it must be picklable: defined at module level.
+            tasks: the tasks, possibly lazy.
+        """
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release workers; the executor is not used afterwards."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class InProcessExecutor(Executor):
+    """Runs each task in the calling process, one after another (``max_workers`` is 1)."""
+
+    def __init__(self) -> None:
+        self.max_workers = 1
+
+    def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """See :meth:`Executor.run`; tasks run in order, each outcome before the next pull."""
+        for task in tasks:
+            outcome, _ = _call(fn, task)
+            if not outcome.ok:
+                _log_failure(outcome, None)  # _call logged the traceback already
+            yield outcome
+
+
+def _ray_call(fn: TaskFn, task: Task) -> tuple[Outcome, str | None]:
+    """The Ray task: :func:`_call` on a worker (module level, so workers import it by name)."""
+    return _call(fn, task)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "executor 'ray' needs the ray package: pip install 'ray[default]'"
+        ) from None
+    return ray
+
+
+class RayExecutor(Executor):
+    """Runs each task as a Ray task, one candidate per worker, on a cluster or a local instance.
+
+    Args:
+        address: an existing cluster (``"auto"`` on a cluster node, ``"ray://host:10001"`` for
+            Ray Client), or ``None`` for a local instance on this machine (or the cluster named
+            by ``RAY_ADDRESS``, as ``ray.init`` does). Ignored when Ray is already initialised in
+            this process (that instance is used, and left running on :meth:`close`).
+        max_workers: tasks in flight at once; default: the cluster's GPU count divided by
+            ``num_gpus_per_task`` when that is above 0, else its CPU count divided by
+            ``num_cpus_per_task`` (at least 1).
+        num_cpus_per_task, num_gpus_per_task: Ray resources each task reserves (fractions
+            allowed; Ray sets ``CUDA_VISIBLE_DEVICES`` for GPU tasks).
+        runtime_env: Ray runtime environment (``working_dir``, ``pip``, ``env_vars``...); given to
+            ``ray.init`` when this executor starts Ray, else to each task.
+        max_retries: how often Ray reruns a task whose worker died (0: a crash is a failed
+            outcome at once).
+
+    Raises:
+        ConfigError: ray is not installed, a resource count is negative, or the tasks need GPUs
+            the cluster does not have (pass ``max_workers`` to wait for an autoscaler instead).
+        NasdetError: the cluster at ``address`` cannot be reached.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        max_workers: int | None = None,
+        num_cpus_per_task: float = 1,
+        num_gpus_per_task: float = 0,
+        runtime_env: dict[str, Any] | None = None,
+        *,
+        max_retries: int = 0,
+    ) -> None:
+        if num_cpus_per_task < 0 or num_gpus_per_task < 0 or max_retries < 0:
+            raise ConfigError(
+                "executor: num_cpus_per_task, num_gpus_per_task and max_retries must be >= 0, got "
+                f"{num_cpus_per_task}, {num_gpus_per_task}, {max_retries}"
+            )
+        if max_workers is not None and max_workers < 1:
+            raise ConfigError(f"executor: max_workers must be >= 1, got {max_workers}")
+        self._ray = ray = _import_ray()
+        self.num_cpus_per_task = float(num_cpus_per_task)
+        self.num_gpus_per_task = float(num_gpus_per_task)
+        self.max_retries = int(max_retries)
+        self._task_runtime_env: dict[str, Any] | None = None
+        self._started = False
+        if ray.is_initialized():
+            logger.info("using the Ray instance already initialised in this process")
+            self._task_runtime_env = runtime_env
+        else:
+            where = address or "a local instance"
+            try:
+                ray.init(address=address, runtime_env=runtime_env)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                reason = error_line(exc).rstrip(".")
+                raise NasdetError(
+                    f"executor: cannot start or reach Ray at {where}: {reason}; start a cluster "
+                    "with 'ray start --head' or fix the executor address"
+                ) from None
+            self._started = True
+            logger.info("Ray started at %s", where)
+        self.max_workers = max_workers or self._default_max_workers()
+        logger.info(
+            "Ray executor: %d worker(s), %g CPU and %g GPU per task",
+            self.max_workers,
+            self.num_cpus_per_task,
+            self.num_gpus_per_task,
+        )
+
+    def _default_max_workers(self) -> int:
+        resources = self._ray.cluster_resources()
+        if self.num_gpus_per_task > 0:
+            gpus = float(resources.get("GPU", 0))
+            if gpus < self.num_gpus_per_task:
+                raise ConfigError(
+                    f"executor: num_gpus_per_task is {self.num_gpus_per_task:g} but the Ray "
+                    f"cluster has {gpus:g} GPU(s); set num_gpus_per_task: 0, or max_workers to "
+                    "wait for GPUs an autoscaler adds"
+                )
+            return max(1, int(gpus // self.num_gpus_per_task))
+        cpus = float(resources.get("CPU", 1))
+        if self.num_cpus_per_task == 0:
+            return max(1, int(cpus))
+        return max(1, int(cpus // self.num_cpus_per_task))
+
+    def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """See :meth:`Executor.run`. A worker that dies gives a failed outcome for its task.
+
+        Raises:
+            TypeError: ``fn`` is a lambda or a nested function (it must be importable by name).
+            RuntimeError: the executor is closed.
+        """
+        ray = self._ray
+        if not ray.is_initialized():
+            raise RuntimeError("this RayExecutor is closed (Ray is not initialised)")
+        name = getattr(fn, "__qualname__", "")
+        if "<" in name:  # <lambda>, f.<locals>.g
+            raise TypeError(
+                f"RayExecutor needs a module-level task function, got {name!r}; define it at the "
+                "top level of an importable module"
+            )
+        return self._run(fn, iter(tasks))
+
+    def _run(self, fn: TaskFn, task_iter: Iterator[Task]) -> Iterator[Outcome]:
+        ray = self._ray
+        options: dict[str, Any] = {
+            "num_cpus": self.num_cpus_per_task,
+            "num_gpus": self.num_gpus_per_task,
+            "max_retries": self.max_retries,
+        }
+        if self._task_runtime_env is not None:
+            options["runtime_env"] = self._task_runtime_env
+        remote = ray.remote(_ray_call).options(**options)
+        fn_ref = ray.put(fn)  # pickled once, resolved by each task
+        pending: dict[Any, Task] = {}
+
+        def fill() -> None:
+            while len(pending) < self.max_workers:
+                task = next(task_iter, None)
+                if task is None:
+                    return
+                pending[remote.remote(fn_ref, task)] = task
+
+        try:
+            fill()
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    yield self._collect(ref, pending.pop(ref))
+                fill()  # after the driver has seen the outcome
+        finally:
+            for ref, task in pending.items():  # the caller stopped early, or an error
+                logger.warning("cancelling record %d, still running", task.record_id)
+                ray.cancel(ref, force=True)  # kills the worker: frees its GPU memory at once
+
+    def _collect(self, ref: Any, task: Task) -> Outcome:
+        ray = self._ray
+        try:
+            outcome, tb = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # worker crash, lost object, cancelled...
+            outcome = Outcome(task.record_id, False, {}, error_line(exc))
+            tb = str(exc)
+        if not outcome.ok:
+            _log_failure(outcome, tb)
+        return outcome
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it (an instance found running is left)."""
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            logger.info("Ray shut down")
+        self._started = False
+
+
+def make_executor(kind: Literal["inprocess", "ray"], **kwargs: Any) -> Executor:
+    """The executor named by a config's ``executor:`` value.
+
+    Args:
+        kind: ``"inprocess"`` (no options) or ``"ray"`` (options of :class:`RayExecutor`).
+        **kwargs: the executor's options.
+
+    Raises:
+        ConfigError: an unknown kind, or options ``"inprocess"`` does not take.
+    """
+    if kind == "inprocess":
+        if kwargs:
+            raise ConfigError(
+                f"executor 'inprocess' takes no options, got {', '.join(sorted(kwargs))}"
+            )
+        return InProcessExecutor()
+    if kind == "ray":
+        known = set(inspect.signature(RayExecutor).parameters)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(
+                f"executor 'ray': unknown option(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(known))}"
+            )
+        return RayExecutor(**kwargs)
+    raise ConfigError(f"unknown executor {kind!r}; use 'inprocess' or 'ray'")
