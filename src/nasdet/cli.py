@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
+    r = sub.add_parser("run", help="run a search pipeline (SP-NAS steps) from a config")
+    r.add_argument("config", type=Path)
+    r.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    r.set_defaults(func=cmd_run)
+
     e = sub.add_parser("evaluate", help="COCO metrics of a results file, or of a model file")
     e.add_argument("--gt", type=Path, required=True, help="COCO instances JSON (ground truth)")
     src = e.add_mutually_exclusive_group(required=True)
@@ -129,6 +134,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model:   {result.model_path}")
     print(f"metrics: {out / 'metrics.json'}")
     print(f"logs:    {out / 'tensorboard'}  (tensorboard --logdir {out / 'tensorboard'})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nasdet.pipeline import run_pipeline
+    from nasdet.runconfig import load_run_config
+
+    cfg = load_run_config(args.config)
+    out = args.out or Path("runs") / args.config.stem
+    result = run_pipeline(cfg, out)
+    rec = result.final
+    _print_metrics(
+        f"winner {rec.genotype} ({rec.cost.get('params', 0):,.0f} parameters)",
+        {k: v for k, v in rec.metrics.items() if k in ("mAP", "AP50", "AP75", "AR100")},
+    )
+    print(f"model:   {rec.weights_path}")
+    print(f"report:  {result.report}")
+    print(f"records: {out / 'records.sqlite'}   (rerun the same command to resume)")
     return 0
 
 

@@ -1,6 +1,9 @@
 """Pipeline steps. Each step reads a config, writes its outputs into a directory, and can be
 re-run after a kill to continue where it stopped.
 
+``run_pipeline``: the SP-NAS steps of a run config (:mod:`nasdet.spnas`), then ``report.html``
+and ``result.json`` (the winner, its metrics and model file).
+
 ``train_step``: build the datasets and the detector a config describes, train it, evaluate it on
 the validation split, and write ``model.pt`` (loadable with :func:`nasdet.load_model`),
 ``metrics.json``, ``history.json`` and the resolved ``config.yaml``.
@@ -24,6 +27,7 @@ from nasdet.cost import count_params
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.models.io import save_model
+from nasdet.runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +100,93 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run_pipeline` produced."""
+
+    out_dir: Path
+    final: Any  # the fully_train Record (or the best record of the last step run)
+    report: Path | None
+
+
+def run_pipeline(cfg: RunConfig, out_dir: str | Path) -> RunResult:
+    """Run the SP-NAS steps of ``cfg`` in order into ``out_dir``; resumes what a kill stopped."""
+    from nasdet import spnas
+    from nasdet.search.executors import make_executor
+    from nasdet.search.records import RecordStore
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    spnas.check_start(cfg)
+    store = RecordStore(out / "records.sqlite")
+    s = cfg.search
+    ex = make_executor(
+        s.executor,
+        **(
+            {"address": s.address, "max_workers": s.workers, "num_gpus_per_task": s.gpus_per_worker}
+            if s.executor == "ray"
+            else {}
+        ),
+    )
+    objectives = ["mAP", "params"]
+    members: list = []
+    final = None
+    with ex:
+        for name in cfg.steps:
+            step = getattr(cfg, name)
+            if step.search_algorithm is not None:
+                objectives = list(step.search_algorithm.objective_keys)
+            log.info("== step %s ==", name)
+            if name == "fine_tune":
+                members = [spnas.fine_tune(cfg, step, store, out, ex)]
+            elif name == "serial":
+                root = members[0] if members else _required(store, "fine_tune")
+                members = spnas.serial(cfg, step, store, out, ex, root)
+            elif name == "reignition":
+                members = spnas.reignition(cfg, step, store, out, members)
+            elif name == "parallel":
+                members = spnas.parallel(cfg, step, store, out, ex, members)
+            else:
+                final = spnas.fully_train(cfg, step, store, out, ex, members)
+                members = [final]
+    final = final or max(members, key=lambda r: r.metrics.get("mAP", 0.0))
+    report = _report(out, store, cfg, objectives, final)
+    _write_json(
+        out / "result.json",
+        {
+            "winner": final.genotype,
+            "record": final.id,
+            "metrics": final.metrics,
+            "cost": final.cost,
+            "model": final.weights_path,
+            "report": str(report),
+        },
+    )
+    return RunResult(out, final, report)
+
+
+def _required(store: Any, step: str) -> Any:
+    done = store.records(step, status="done")
+    if not done:
+        from nasdet.errors import ConfigError
+
+        raise ConfigError(f"step '{step}' has no result in this --out directory; run it first")
+    return done[0]
+
+
+def _report(out: Path, store: Any, cfg: RunConfig, objectives: list[str], final: Any) -> Path:
+    from nasdet.report import write_report
+
+    baseline = next(iter(store.records("fine_tune", status="done")), None)
+    return write_report(
+        out,
+        store,
+        steps=cfg.steps,
+        objectives=objectives,
+        baseline=baseline,
+        winner_id=final.id,
+        title="nasdet SP-NAS",
+    )

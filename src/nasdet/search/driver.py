@@ -1,0 +1,184 @@
+"""The search loop every algorithm shares.
+
+An algorithm supplies ``propose(store, rng) -> Proposal | None`` (the next genotype to try, given
+everything recorded so far); :func:`run_search` does the rest:
+
+1. on start, records a killed run left ``running`` go back to ``pending`` and are evaluated first
+   (nothing finished is evaluated again);
+2. each proposal is checked against the resource constraints *before* training (an infeasible
+   one is recorded as such, with the reason), deduplicated against the store, recorded and
+   claimed;
+3. candidates are handed to the executor lazily — the next proposal is made only when a worker
+   is free, so parents come from the latest Pareto front;
+4. each outcome is committed to the record store as it arrives (before the next candidate
+   starts on that worker);
+5. at the end the step directory gets ``pareto.csv`` and ``desc_<id>.json`` for the Pareto
+   members.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasdet.search.executors import Executor, Task
+from nasdet.search.pareto import Objective, pareto_records, write_pareto_csv
+from nasdet.search.records import Record, RecordStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A candidate to evaluate: its genotype string, parent record, and the payload for
+    :func:`~nasdet.search.candidate.evaluate_candidate` (without ``out``)."""
+
+    genotype: str
+    parent_id: int | None
+    payload: dict[str, Any]
+    cost: dict[str, float] = field(default_factory=dict)
+
+
+Propose = Callable[[RecordStore, random.Random], "Proposal | None"]
+CheckCost = Callable[[dict[str, float]], "str | None"]
+
+
+def run_search(
+    store: RecordStore,
+    step: str,
+    step_dir: Path,
+    *,
+    propose: Propose,
+    evaluate: Callable[[dict[str, Any]], dict[str, Any]],
+    executor: Executor,
+    max_sample: int,
+    objectives: Sequence[Objective | str],
+    check_cost: CheckCost | None = None,
+    seed: int = 0,
+    max_proposal_tries: int = 50,
+) -> list[Record]:
+    """Evaluate up to ``max_sample`` proposals of ``step`` (root records excluded); returns the
+    Pareto members of the step's done records."""
+    step_dir.mkdir(parents=True, exist_ok=True)
+    revived = store.reset_running(step)
+    if revived:
+        log.info("%s: %d candidate(s) interrupted by a kill will be evaluated again", step, revived)
+
+    def sampled() -> int:
+        return sum(1 for r in store.records(step) if r.parent_id is not None)
+
+    def tasks() -> Iterator[Task]:
+        for rec in store.records(step, status="pending"):
+            if store.claim(rec.id):
+                yield Task(rec.id, _with_out(rec.extra["payload"], step_dir, rec.id))
+        failures = 0
+        while sampled() < max_sample:
+            rng = random.Random(seed * 1_000_003 + len(store.records(step)) + failures)
+            proposal = propose(store, rng)
+            if proposal is None or store.find(step, proposal.genotype) is not None:
+                failures += 1
+                if failures >= max_proposal_tries:
+                    log.warning(
+                        "%s: no new candidate after %d tries; stopping early at %d of %d",
+                        step,
+                        failures,
+                        sampled(),
+                        max_sample,
+                    )
+                    return
+                continue
+            failures = 0
+            rec = store.add(
+                step,
+                proposal.genotype,
+                parent_id=proposal.parent_id,
+                cost=proposal.cost,
+                extra={"payload": proposal.payload},
+            )
+            reason = check_cost(proposal.cost) if check_cost else None
+            if reason:
+                store.mark_infeasible(rec.id, reason)
+                log.info("%s #%d %s infeasible: %s", step, rec.id, proposal.genotype, reason)
+                continue
+            if store.claim(rec.id):
+                log.info(
+                    "%s #%d %s (parent #%s) started",
+                    step,
+                    rec.id,
+                    proposal.genotype,
+                    proposal.parent_id,
+                )
+                yield Task(rec.id, _with_out(proposal.payload, step_dir, rec.id))
+
+    for outcome in executor.run(evaluate, tasks()):
+        if outcome.ok:
+            res = outcome.result
+            rec = store.finish(
+                outcome.record_id,
+                res["metrics"],
+                weights_path=res["weights_path"],
+                cost=res.get("cost"),
+                extra={k: res[k] for k in ("inherited", "new", "train_seconds") if k in res},
+            )
+            log.info(
+                "%s #%d %s done: mAP %.4f, params %s",
+                step,
+                rec.id,
+                rec.genotype,
+                rec.metrics.get("mAP", float("nan")),
+                f"{rec.cost.get('params', 0):,.0f}",
+            )
+        else:
+            store.fail(outcome.record_id, outcome.error or "failed")
+            log.warning("%s #%d failed: %s", step, outcome.record_id, outcome.error)
+    return write_step_outputs(store, step, step_dir, objectives)
+
+
+def _with_out(payload: dict[str, Any], step_dir: Path, record_id: int) -> dict[str, Any]:
+    return {**payload, "out": str(step_dir / f"model_{record_id}.pth")}
+
+
+def write_step_outputs(
+    store: RecordStore, step: str, step_dir: Path, objectives: Sequence[Objective | str]
+) -> list[Record]:
+    """``pareto.csv`` and ``desc_<id>.json`` of the step's Pareto members; returns them."""
+    done = store.records(step, status="done")
+    front = pareto_records(done, objectives)
+    write_pareto_csv(step_dir / "pareto.csv", done, objectives)
+    for rec in front:
+        desc = {
+            "id": rec.id,
+            "step": rec.step,
+            "genotype": rec.genotype,
+            "parent_id": rec.parent_id,
+            "architecture": rec.extra.get("payload", {}).get("architecture"),
+            "metrics": rec.metrics,
+            "cost": rec.cost,
+            "weights_path": rec.weights_path,
+        }
+        (step_dir / f"desc_{rec.id}.json").write_text(json.dumps(desc, indent=2) + "\n")
+    return front
+
+
+def add_root(
+    store: RecordStore,
+    step: str,
+    genotype: str,
+    *,
+    metrics: dict[str, float],
+    cost: dict[str, float],
+    weights_path: str,
+    payload: dict[str, Any],
+) -> Record:
+    """Record the starting point of a step (no parent) as done; idempotent on resume."""
+    found = store.find(step, genotype)
+    if found is not None and found.status == "done":
+        return found
+    rec = found or store.add(step, genotype, cost=cost, extra={"payload": payload})
+    store.claim(rec.id)
+    return store.finish(rec.id, metrics, weights_path=weights_path, cost=cost)

@@ -1,0 +1,137 @@
+"""SP-NAS proposals: SpNasS (serial backbone growth) and SpNasP (parallel neck).
+
+Both pick a parent from the current Pareto front of their step (uniformly, with the step's
+seeded RNG) and return a :class:`~nasdet.search.driver.Proposal`; :func:`run_search` does the rest.
+
+- SpNasS mutates the parent's serial code (swap / expand / add-stage, the seed's ``num_mutate``,
+  ``expend_ratio``, ``add_stage_ratio``, ``max_stages``); the child inherits the parent's weights
+  (new blocks start as identity morphisms) and, with ``freeze_swap_keys``, trains only what is new.
+- SpNasP adds parallel sub-network blocks to the feature levels of the chosen serial network,
+  sampling levels with probability inversely proportional to one block's FLOPs there.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nasdet.build import build_detector
+from nasdet.config import ModelConfig
+from nasdet.models.parallel import levels_branch_flops
+from nasdet.search.candidate import candidate_cost
+from nasdet.search.driver import Proposal
+from nasdet.search.pareto import Objective, pareto_records
+from nasdet.search.records import Record, RecordStore
+from nasdet.spaces.parallel import ParallelCode, mutate_parallel, sample_parallel_code
+from nasdet.spaces.serial import SerialSpace, mutate
+
+
+def choose_parent(
+    store: RecordStore, step: str, objectives: Sequence[Objective | str], rng: random.Random
+) -> Record | None:
+    """A uniformly chosen member of the step's current Pareto front (None when nothing is done)."""
+    front = pareto_records(store.records(step, status="done"), objectives)
+    return rng.choice(front) if front else None
+
+
+def _architecture(rec: Record) -> ModelConfig:
+    return ModelConfig.model_validate(rec.extra["payload"]["architecture"])
+
+
+@dataclass(frozen=True)
+class SerialProposer:
+    """SpNasS: children of Pareto members by mutation of their serial code."""
+
+    step: str
+    objectives: Sequence[Objective | str]
+    space: SerialSpace
+    base_payload: dict[str, Any]
+    num_mutate: int = 3
+    expend_ratio: float = 0.3
+    add_stage_ratio: float = 0.05
+    num_classes: int = 11
+
+    def __call__(self, store: RecordStore, rng: random.Random) -> Proposal | None:
+        parent = choose_parent(store, self.step, self.objectives, rng)
+        if parent is None:
+            return None
+        child = mutate(
+            parent.genotype,
+            rng,
+            num_mutate=self.num_mutate,
+            expend_ratio=self.expend_ratio,
+            add_stage_ratio=self.add_stage_ratio,
+            space=self.space,
+        )
+        arch = _architecture(parent)
+        backbone = arch.backbone.model_copy(update={"code": str(child), "levels": None})
+        arch = arch.model_copy(update={"backbone": backbone})
+        cost = candidate_cost(
+            build_detector(arch, self.num_classes, load_weights=False), arch.min_size
+        )
+        payload = {
+            **self.base_payload,
+            "architecture": arch.model_dump(mode="json"),
+            "parent_weights": parent.weights_path,
+        }
+        return Proposal(str(child), parent.id, payload, cost)
+
+
+@dataclass(frozen=True)
+class ParallelProposer:
+    """SpNasP: a parallel-neck code for a chosen serial network.
+
+    The genotype string is ``<serial code>|<parallel code>``. Starting from each root, codes are
+    sampled with inverse-FLOPs level probabilities; from other Pareto members, one level changes
+    by one block.
+    """
+
+    step: str
+    objectives: Sequence[Objective | str]
+    base_payload: dict[str, Any]
+    max_blocks_per_level: int = 3
+    max_flops: float | None = None
+    num_classes: int = 11
+
+    def __call__(self, store: RecordStore, rng: random.Random) -> Proposal | None:
+        parent = choose_parent(store, self.step, self.objectives, rng)
+        if parent is None:
+            return None
+        arch = _architecture(parent)
+        serial_code, _, neck = parent.genotype.partition("|")
+        detector = build_detector(arch, self.num_classes, load_weights=False)
+        body = detector.backbone.body
+        if parent.parent_id is None or not neck:
+            flops = levels_branch_flops(body, (arch.min_size, arch.min_size))
+            code = sample_parallel_code(rng, flops, max_blocks_per_level=self.max_blocks_per_level)
+            if code.total_blocks == 0:
+                code = code.with_level(rng.randrange(len(code)), 1)
+        else:
+            code = mutate_parallel(
+                ParallelCode.parse(neck), rng, max_blocks_per_level=self.max_blocks_per_level
+            )
+        arch = arch.model_copy(update={"neck": "parallel_fpn", "neck_code": str(code)})
+        cost = candidate_cost(
+            build_detector(arch, self.num_classes, load_weights=False), arch.min_size
+        )
+        payload = {
+            **self.base_payload,
+            "architecture": arch.model_dump(mode="json"),
+            "parent_weights": parent.weights_path,
+        }
+        return Proposal(f"{serial_code}|{code}", parent.id, payload, cost)
+
+
+def cost_checker(*, max_params: float | None = None, max_flops: float | None = None) -> Any:
+    """A ``check_cost`` for :func:`run_search`: the first limit a cost breaks, as one line."""
+
+    def check(cost: dict[str, float]) -> str | None:
+        if max_params is not None and cost.get("params", 0) > max_params:
+            return f"params {cost['params']:,.0f} > max_params {max_params:,.0f}"
+        if max_flops is not None and cost.get("flops", 0) > max_flops:
+            return f"FLOPs {cost['flops']:,.0f} > max_flops {max_flops:,.0f}"
+        return None
+
+    return check

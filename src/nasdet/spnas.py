@@ -1,0 +1,330 @@
+"""SP-NAS as pipeline steps: fine_tune -> serial -> reignition -> parallel -> fully_train.
+
+Every step records its candidates in ``DIR/records.sqlite`` and writes ``DIR/output/<step>/``
+(``model_<id>.pth`` nasdet model files, ``desc_<id>.json``, ``pareto.csv``); each reads the
+previous step's results, and re-running the same command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import nasdet
+from nasdet.build import build_detector, num_classes
+from nasdet.config import Config, ModelConfig
+from nasdet.data import make_digits_classification
+from nasdet.engine.classify import pretrain_backbone
+from nasdet.engine.train import resolve_device
+from nasdet.errors import ConfigError
+from nasdet.models.convert import convert_torchvision_fasterrcnn
+from nasdet.models.io import save_model
+from nasdet.runconfig import RunConfig, Step, substitute
+from nasdet.search.candidate import candidate_cost, evaluate_candidate
+from nasdet.search.driver import add_root, run_search, write_step_outputs
+from nasdet.search.executors import Executor
+from nasdet.search.pareto import pareto_records
+from nasdet.search.records import Record, RecordStore
+from nasdet.search.spnas import ParallelProposer, SerialProposer, cost_checker
+from nasdet.spaces.serial import SerialCode, SerialSpace
+
+log = logging.getLogger(__name__)
+
+
+def base_config(cfg: RunConfig) -> dict[str, Any]:
+    """The training part of a run config as plain data (what candidates need)."""
+    return cfg.model_dump(mode="json", include=set(Config.model_fields))
+
+
+def start_architecture(cfg: RunConfig) -> ModelConfig:
+    """The model section of the starting serial network (search space's first code)."""
+    codes = (cfg.serial.hyperparameter("network.backbone.code") if cfg.serial else None) or [
+        "111-2111-211111-211"
+    ]
+    code = SerialSpace(block=cfg.search.block).check(str(codes[0])) if cfg.serial else codes[0]
+    backbone = cfg.model.backbone.model_copy(
+        update={
+            "name": "serial",
+            "code": str(code),
+            "block": cfg.search.block,
+            "base_width": cfg.search.base_width,
+            "levels": None,
+            "width_mult": 1.0,
+        }
+    )
+    return cfg.model.model_copy(update={"backbone": backbone})
+
+
+def _best(records: list[Record]) -> Record:
+    return max(records, key=lambda r: r.metrics.get("mAP", float("-inf")))
+
+
+# ----------------------------------------------------------------------------- steps
+def fine_tune(cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor) -> Record:
+    """Train the starting architecture (optionally from a converted torchvision checkpoint)."""
+    arch = start_architecture(cfg)
+    found = store.find("fine_tune", str(arch.backbone.code))
+    if found is not None and found.status == "done":
+        log.info("fine_tune: done already (#%d, mAP %.4f)", found.id, found.metrics["mAP"])
+        return found
+    step_dir = out / "output" / "fine_tune"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    parent = None
+    pretrained = substitute(step.model.pretrained_model_file, out)
+    if pretrained is not None:
+        parent = step_dir / "pretrained.pth"
+        _import_pretrained(pretrained, step.model.model_desc.convert_pretrained, parent)
+    payload = {
+        "config": base_config(cfg),
+        "architecture": arch.model_dump(mode="json"),
+        "parent_weights": str(parent) if parent else None,
+        "epochs": step.trainer.epochs or cfg.train.epochs,
+    }
+    rec = found or store.add("fine_tune", str(arch.backbone.code), extra={"payload": payload})
+    store.reset_running("fine_tune")
+    store.claim(rec.id)
+    outcome = next(ex.run(evaluate_candidate, [_task(rec.id, payload, step_dir / "model_0.pth")]))
+    if not outcome.ok:
+        store.fail(rec.id, outcome.error or "failed")
+        raise ConfigError(f"fine_tune failed: {outcome.error}")
+    res = outcome.result
+    rec = store.finish(rec.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
+    write_step_outputs(store, "fine_tune", step_dir, ["mAP", "params"])
+    return rec
+
+
+def _task(record_id: int, payload: dict, out: Path) -> Any:
+    from nasdet.search.executors import Task
+
+    return Task(record_id, {**payload, "out": str(out)})
+
+
+def _import_pretrained(path: Path, convert: bool, dest: Path) -> None:
+    """A user's checkpoint as a nasdet model file at ``dest`` (converted from torchvision's
+    ``fasterrcnn_resnet50_fpn`` when ``convert``)."""
+    if dest.is_file():
+        return
+    if convert:
+        from nasdet.models.convert import coco_categories
+
+        model, arch = convert_torchvision_fasterrcnn(path)
+        names, ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
+        save_model(dest, model, architecture=arch, categories=names, cat_ids=ids)
+    else:
+        nasdet.load_model(path)  # fails with a one-line message if it is not a model file
+        shutil.copyfile(path, dest)
+
+
+def serial(
+    cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, root: Record
+) -> list[Record]:
+    """SpNasS: grow the serial backbone from the fine-tuned start by mutation + inheritance."""
+    algo = step.search_algorithm
+    if algo is None or algo.type != "SpNasS":
+        raise ConfigError("serial: search_algorithm.type must be SpNasS")
+    space = SerialSpace(
+        block=cfg.search.block,
+        min_blocks=algo.min_blocks,
+        max_blocks=algo.max_blocks,
+        max_stages=algo.max_stages + 1,
+        min_stages=min(5, algo.max_stages + 1),
+        base_width=cfg.search.base_width,
+    )
+    payload = {
+        "config": base_config(cfg),
+        "epochs": step.trainer.epochs or cfg.search.epochs,
+        "freeze_inherited": step.model.model_desc.freeze_swap_keys,
+    }
+    add_root(
+        store,
+        "serial",
+        root.genotype,
+        metrics=root.metrics,
+        cost=root.cost,
+        weights_path=root.weights_path,
+        payload=root.extra["payload"],
+    )
+    propose = SerialProposer(
+        "serial",
+        algo.objective_keys,
+        space,
+        payload,
+        algo.num_mutate,
+        algo.expend_ratio,
+        algo.add_stage_ratio,
+        num_classes(cfg.data),
+    )
+    c = cfg.search.constraints
+    return run_search(
+        store,
+        "serial",
+        out / "output" / "serial",
+        propose=propose,
+        evaluate=evaluate_candidate,
+        executor=ex,
+        max_sample=algo.max_sample,
+        objectives=algo.objective_keys,
+        seed=cfg.seed,
+        check_cost=cost_checker(max_params=c.max_params, max_flops=c.max_flops),
+    )
+
+
+def reignition(
+    cfg: RunConfig, step: Step, store: RecordStore, out: Path, members: list[Record]
+) -> list[Record]:
+    """Re-pretrain the backbones of the best serial members (at most ``max_reignite``) on the
+    classification data, carry the weights back into the detector, fine-tune and re-score."""
+    step_dir = out / "output" / "reignition"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    chosen = sorted(members, key=lambda r: -r.metrics.get("mAP", 0.0))[: cfg.search.max_reignite]
+    data_root = _classification_root(cfg, out)
+    results = []
+    for rec in chosen:
+        found = store.find("reignition", rec.genotype)
+        if found is not None and found.status == "done":
+            results.append(found)
+            continue
+        model = nasdet.load_model(rec.weights_path)
+        acc = pretrain_backbone(
+            model.backbone.body,
+            data_root,
+            epochs=cfg.search.reignition_epochs,
+            device=resolve_device(cfg.train.device),
+            seed=cfg.seed,
+        )
+        reignited = step_dir / f"reignited_{rec.id}.pth"
+        save_model(
+            reignited,
+            model,
+            architecture=rec.extra["payload"]["architecture"],
+            categories=model.categories,
+            cat_ids=model.cat_ids,
+            meta={"classification_top1": acc},
+        )
+        payload = {
+            "config": base_config(cfg),
+            "architecture": rec.extra["payload"]["architecture"],
+            "parent_weights": str(reignited),
+            "epochs": step.trainer.epochs or cfg.search.epochs,
+        }
+        new = found or store.add(
+            "reignition",
+            rec.genotype,
+            parent_id=rec.id,
+            extra={"payload": payload, "classification_top1": acc},
+        )
+        store.claim(new.id)
+        res = evaluate_candidate({**payload, "out": str(step_dir / f"model_{new.id}.pth")})
+        results.append(
+            store.finish(new.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
+        )
+        log.info(
+            "reignition of #%d (%s): top-1 %.3f, mAP %.4f -> %.4f",
+            rec.id,
+            rec.genotype,
+            acc,
+            rec.metrics["mAP"],
+            results[-1].metrics["mAP"],
+        )
+    write_step_outputs(store, "reignition", step_dir, ["mAP", "params"])
+    # a reignited network that scores worse than before does not replace its source
+    return [
+        max((r, *[m for m in members if m.genotype == r.genotype]), key=lambda x: x.metrics["mAP"])
+        for r in results
+    ] or members
+
+
+def _classification_root(cfg: RunConfig, out: Path) -> Path:
+    root = cfg.search.classification_data
+    if root is None:
+        root = out / "data" / "digits_cls"
+        if not (root / "train").is_dir():
+            make_digits_classification(root, seed=cfg.seed)
+    return root
+
+
+def parallel(
+    cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, roots: list[Record]
+) -> list[Record]:
+    """SpNasP: parallel sub-network blocks on the feature levels of the chosen serial nets."""
+    algo = step.search_algorithm
+    if algo is None or algo.type != "SpNasP":
+        raise ConfigError("parallel: search_algorithm.type must be SpNasP")
+    for rec in roots:
+        add_root(
+            store,
+            "parallel",
+            f"{rec.genotype.partition('|')[0]}|",
+            metrics=rec.metrics,
+            cost=rec.cost,
+            weights_path=rec.weights_path,
+            payload=rec.extra["payload"],
+        )
+    payload = {"config": base_config(cfg), "epochs": step.trainer.epochs or cfg.search.epochs}
+    propose = ParallelProposer(
+        "parallel",
+        algo.objective_keys,
+        payload,
+        algo.max_blocks_per_level,
+        cfg.search.constraints.max_flops,
+        num_classes(cfg.data),
+    )
+    c = cfg.search.constraints
+    return run_search(
+        store,
+        "parallel",
+        out / "output" / "parallel",
+        propose=propose,
+        evaluate=evaluate_candidate,
+        executor=ex,
+        max_sample=algo.max_sample,
+        objectives=algo.objective_keys,
+        seed=cfg.seed,
+        check_cost=cost_checker(max_params=c.max_params, max_flops=c.max_flops),
+    )
+
+
+def fully_train(
+    cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, members: list[Record]
+) -> Record:
+    """Train the winner (best mAP among the last step's Pareto members) for the full budget and
+    evaluate it on the validation split."""
+    winner = _best(members)
+    found = store.find("fully_train", winner.genotype)
+    if found is not None and found.status == "done":
+        return found
+    step_dir = out / "output" / "fully_train"
+    arch = winner.extra["payload"]["architecture"]
+    config = base_config(cfg)
+    config["data"]["search_fraction"] = 0.0  # train on all training images, score on val
+    payload = {
+        "config": config,
+        "architecture": arch,
+        "parent_weights": winner.weights_path,
+        "epochs": step.trainer.epochs or cfg.search.fully_train_epochs or cfg.train.epochs,
+    }
+    rec = found or store.add(
+        "fully_train", winner.genotype, parent_id=winner.id, extra={"payload": payload}
+    )
+    store.reset_running("fully_train")
+    store.claim(rec.id)
+    outcome = next(ex.run(evaluate_candidate, [_task(rec.id, payload, step_dir / "model_0.pth")]))
+    if not outcome.ok:
+        store.fail(rec.id, outcome.error or "failed")
+        raise ConfigError(f"fully_train failed: {outcome.error}")
+    res = outcome.result
+    return store.finish(rec.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
+
+
+def last_members(store: RecordStore, step: str, objectives: list[str]) -> list[Record]:
+    """Pareto members of a finished step (for a step that is skipped or resumed past)."""
+    return pareto_records(store.records(step, status="done"), objectives)
+
+
+def check_start(cfg: RunConfig) -> None:
+    """Fail early (one line) when the starting architecture cannot be built."""
+    arch = start_architecture(cfg)
+    SerialCode.parse(arch.backbone.code)
+    candidate_cost(build_detector(arch, num_classes(cfg.data), load_weights=False), arch.min_size)
