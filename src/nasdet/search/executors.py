@@ -219,7 +219,8 @@ class RayExecutor(Executor):
         else:
             where = address or "a local instance"
             try:
-                ray.init(address=address, runtime_env=runtime_env)
+                local = {} if address else {"include_dashboard": False}  # no web UI to start
+                ray.init(address=address, runtime_env=runtime_env, **local)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 reason = error_line(exc).rstrip(".")
                 raise NasdetError(
