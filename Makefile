@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: set up, train and evaluate the baseline detector on the bundled digits
+## demo: set up and run an SP-NAS search (short preset) on the bundled digits
 demo: $(STAMP)
-	$(BIN)/nasdet train configs/baseline_digits.yaml --out runs/demo
+	$(BIN)/nasdet run configs/spnas_demo.yaml --out runs/demo
 
 ## test: set up and run the test suite
 test: $(STAMP)

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import machine_line, write_fragment
+
 from nasdet.build import build_detector, num_classes
 from nasdet.config import load_config
 from nasdet.cost import detector_cost

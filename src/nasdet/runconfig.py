@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 from nasdet.config import Config, Strict, load_config
 
 STEP_NAMES = ("fine_tune", "serial", "reignition", "parallel", "fully_train")
+DETECTORS = {"FasterRCNN": "fasterrcnn", "RetinaNet": "retinanet", "FCOS": "fcos"}
 
 
 class PipeStep(Strict):
@@ -81,7 +82,9 @@ class NeckDesc(Strict):
 
 
 class ModelDesc(Strict):
-    type: Literal["FasterRCNN"] = "FasterRCNN"
+    type: Literal["FasterRCNN", "RetinaNet", "FCOS"] | None = Field(
+        None, description="the detector (default: model.detector)"
+    )
     convert_pretrained: bool = Field(
         False, description="pretrained_model_file is a torchvision fasterrcnn_resnet50_fpn file"
     )

@@ -21,7 +21,7 @@ from nasdet.engine.train import resolve_device
 from nasdet.errors import ConfigError
 from nasdet.models.convert import convert_torchvision_fasterrcnn
 from nasdet.models.io import save_model
-from nasdet.runconfig import RunConfig, Step, substitute
+from nasdet.runconfig import DETECTORS, RunConfig, Step, substitute
 from nasdet.search.candidate import candidate_cost, evaluate_candidate
 from nasdet.search.driver import add_root, run_search, write_step_outputs
 from nasdet.search.executors import Executor
@@ -54,7 +54,10 @@ def start_architecture(cfg: RunConfig) -> ModelConfig:
             "width_mult": 1.0,
         }
     )
-    return cfg.model.model_copy(update={"backbone": backbone})
+    desc = next((getattr(cfg, n).model.model_desc for n in cfg.steps
+                 if getattr(cfg, n).model.model_desc.type), None)
+    detector = DETECTORS[desc.type] if desc else cfg.model.detector
+    return cfg.model.model_copy(update={"backbone": backbone, "detector": detector})
 
 
 def _best(records: list[Record]) -> Record:
