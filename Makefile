@@ -25,11 +25,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-## bench: regenerate docs/benchmarks.md (tens of minutes on 2 cores)
+## bench: regenerate docs/benchmarks.md (about 75 minutes on 2 cores; run nothing else meanwhile)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/coco_eval_speed.py --out docs/benchmarks/coco_eval.md
-	$(BIN)/python benchmarks/train_throughput.py --out docs/benchmarks/train_throughput.md
-	$(BIN)/python benchmarks/baselines.py --out docs/benchmarks/baselines.md
+	$(BIN)/python benchmarks/train_throughput.py --rounds 5 --out docs/benchmarks/train_throughput.md
+	$(BIN)/python benchmarks/baselines.py --only baseline_digits fcos_shufflenet ssdlite_mnv3 \
+		--out docs/benchmarks/baselines.md
+	$(BIN)/python benchmarks/spnas_digits.py --out docs/benchmarks/spnas.md
 	$(BIN)/python benchmarks/collect.py
 
 clean:

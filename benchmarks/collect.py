@@ -12,6 +12,7 @@ SECTIONS = [
     ("Training throughput: nasdet loop vs bare torchvision loop", "train_throughput.md"),
     ("COCO evaluation time: faster-coco-eval vs pycocotools", "coco_eval.md"),
     ("Baseline detectors on the bundled digits", "baselines.md"),
+    ("SP-NAS on the bundled digits", "spnas.md"),
 ]
 HEADER = """# Benchmarks
 
