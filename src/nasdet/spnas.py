@@ -18,14 +18,13 @@ from nasdet.config import Config, ModelConfig
 from nasdet.data import make_digits_classification
 from nasdet.engine.classify import pretrain_backbone
 from nasdet.engine.train import resolve_device
-from nasdet.errors import ConfigError
+from nasdet.errors import ConfigError, NasdetError
 from nasdet.models.convert import convert_torchvision_fasterrcnn
 from nasdet.models.io import save_model
 from nasdet.runconfig import DETECTORS, RunConfig, Step, substitute
 from nasdet.search.candidate import candidate_cost, evaluate_candidate
 from nasdet.search.driver import add_root, run_search, write_step_outputs
-from nasdet.search.executors import Executor
-from nasdet.search.pareto import pareto_records
+from nasdet.search.executors import Executor, Task
 from nasdet.search.records import Record, RecordStore
 from nasdet.search.spnas import ParallelProposer, SerialProposer, cost_checker
 from nasdet.spaces.serial import SerialCode, SerialSpace
@@ -54,8 +53,14 @@ def start_architecture(cfg: RunConfig) -> ModelConfig:
             "width_mult": 1.0,
         }
     )
-    desc = next((getattr(cfg, n).model.model_desc for n in cfg.steps
-                 if getattr(cfg, n).model.model_desc.type), None)
+    desc = next(
+        (
+            getattr(cfg, n).model.model_desc
+            for n in cfg.steps
+            if getattr(cfg, n).model.model_desc.type
+        ),
+        None,
+    )
     detector = DETECTORS[desc.type] if desc else cfg.model.detector
     return cfg.model.model_copy(update={"backbone": backbone, "detector": detector})
 
@@ -85,23 +90,17 @@ def fine_tune(cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Exe
         "parent_weights": str(parent) if parent else None,
         "epochs": step.trainer.epochs or cfg.train.epochs,
     }
-    rec = found or store.add("fine_tune", str(arch.backbone.code), extra={"payload": payload})
-    store.reset_running("fine_tune")
-    store.claim(rec.id)
-    outcome = next(ex.run(evaluate_candidate, [_task(rec.id, payload, step_dir / "model_0.pth")]))
-    if not outcome.ok:
-        store.fail(rec.id, outcome.error or "failed")
-        raise ConfigError(f"fine_tune failed: {outcome.error}")
-    res = outcome.result
-    rec = store.finish(rec.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
+    rec = _run_single(
+        store,
+        "fine_tune",
+        str(arch.backbone.code),
+        payload,
+        step_dir / "model_0.pth",
+        ex,
+        found=found,
+    )
     write_step_outputs(store, "fine_tune", step_dir, ["mAP", "params"])
     return rec
-
-
-def _task(record_id: int, payload: dict, out: Path) -> Any:
-    from nasdet.search.executors import Task
-
-    return Task(record_id, {**payload, "out": str(out)})
 
 
 def _import_pretrained(path: Path, convert: bool, dest: Path) -> None:
@@ -159,19 +158,7 @@ def serial(
         algo.add_stage_ratio,
         num_classes(cfg.data),
     )
-    c = cfg.search.constraints
-    return run_search(
-        store,
-        "serial",
-        out / "output" / "serial",
-        propose=propose,
-        evaluate=evaluate_candidate,
-        executor=ex,
-        max_sample=algo.max_sample,
-        objectives=algo.objective_keys,
-        seed=cfg.seed,
-        check_cost=cost_checker(max_params=c.max_params, max_flops=c.max_flops),
-    )
+    return _search(cfg, "serial", algo.max_sample, algo.objective_keys, store, out, ex, propose)
 
 
 def reignition(
@@ -274,19 +261,55 @@ def parallel(
         cfg.search.constraints.max_flops,
         num_classes(cfg.data),
     )
+    return _search(cfg, "parallel", algo.max_sample, algo.objective_keys, store, out, ex, propose)
+
+
+def _search(
+    cfg: RunConfig,
+    step: str,
+    max_sample: int,
+    objectives: list[str],
+    store: RecordStore,
+    out: Path,
+    ex: Executor,
+    propose: Any,
+) -> list[Record]:
     c = cfg.search.constraints
     return run_search(
         store,
-        "parallel",
-        out / "output" / "parallel",
+        step,
+        out / "output" / step,
         propose=propose,
         evaluate=evaluate_candidate,
         executor=ex,
-        max_sample=algo.max_sample,
-        objectives=algo.objective_keys,
+        max_sample=max_sample,
+        objectives=objectives,
         seed=cfg.seed,
         check_cost=cost_checker(max_params=c.max_params, max_flops=c.max_flops),
     )
+
+
+def _run_single(
+    store: RecordStore,
+    step: str,
+    genotype: str,
+    payload: dict[str, Any],
+    out_file: Path,
+    ex: Executor,
+    *,
+    parent_id: int | None = None,
+    found: Record | None = None,
+) -> Record:
+    """Evaluate one candidate of a train step through the executor and commit it."""
+    rec = found or store.add(step, genotype, parent_id=parent_id, extra={"payload": payload})
+    store.reset_running(step)
+    store.claim(rec.id)
+    outcome = next(ex.run(evaluate_candidate, [Task(rec.id, {**payload, "out": str(out_file)})]))
+    if not outcome.ok:
+        store.fail(rec.id, outcome.error or "failed")
+        raise NasdetError(f"{step} failed: {outcome.error}")
+    res = outcome.result
+    return store.finish(rec.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
 
 
 def fully_train(
@@ -308,22 +331,16 @@ def fully_train(
         "parent_weights": winner.weights_path,
         "epochs": step.trainer.epochs or cfg.search.fully_train_epochs or cfg.train.epochs,
     }
-    rec = found or store.add(
-        "fully_train", winner.genotype, parent_id=winner.id, extra={"payload": payload}
+    return _run_single(
+        store,
+        "fully_train",
+        winner.genotype,
+        payload,
+        step_dir / "model_0.pth",
+        ex,
+        parent_id=winner.id,
+        found=found,
     )
-    store.reset_running("fully_train")
-    store.claim(rec.id)
-    outcome = next(ex.run(evaluate_candidate, [_task(rec.id, payload, step_dir / "model_0.pth")]))
-    if not outcome.ok:
-        store.fail(rec.id, outcome.error or "failed")
-        raise ConfigError(f"fully_train failed: {outcome.error}")
-    res = outcome.result
-    return store.finish(rec.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
-
-
-def last_members(store: RecordStore, step: str, objectives: list[str]) -> list[Record]:
-    """Pareto members of a finished step (for a step that is skipped or resumed past)."""
-    return pareto_records(store.records(step, status="done"), objectives)
 
 
 def check_start(cfg: RunConfig) -> None:
