@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                    datefmt="%H:%M:%S", stream=sys.stderr)
 
 
 def machine_line() -> str:
