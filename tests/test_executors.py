@@ -88,9 +88,9 @@ def test_make_executor_rejects_unknown_kinds_and_options() -> None:
 
 
 def test_ray_without_a_cluster_at_auto_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process")
+    import ray
+
+    assert not ray.is_initialized(), "a previous test left Ray running"
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(NasdetError, match="cannot start or reach Ray at auto: ConnectionError"):
         make_executor("ray", address="auto")
@@ -102,9 +102,9 @@ def test_ray_without_a_cluster_at_auto_is_a_one_line_error(monkeypatch: pytest.M
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[Any]:
     """A small local Ray instance (2 CPUs, no dashboard), shut down after this module."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray is already initialised in this process")
+    import ray
+
+    assert not ray.is_initialized(), "a previous test left Ray running"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray

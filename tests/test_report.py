@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -141,28 +139,3 @@ def test_lineage_stops_at_missing_parents_and_cycles(tmp_path: Path) -> None:
     loop_b = store.add("s", "d", parent_id=loop_a.id)
     assert loop_b.id == child.id + 2
     assert [rec.id for rec in lineage(store, loop_b.id)] == [loop_a.id, loop_b.id]
-
-
-def test_report_renders_in_a_headless_browser(
-    run: tuple[RecordStore, dict[str, Record]], tmp_path: Path
-) -> None:
-    browser = next(
-        (
-            shutil.which(b)
-            for b in ("chromium", "chromium-browser", "google-chrome")
-            if shutil.which(b)
-        ),
-        None,
-    )
-    if browser is None:
-        pytest.skip("no headless Chromium installed")
-    store, r = run
-    path = write_report(tmp_path, store, steps=["serial", "parallel"], winner_id=r["win"].id)
-    dom = subprocess.run(
-        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", path.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert "Lineage of the winner" in dom and "data:image/png;base64," in dom

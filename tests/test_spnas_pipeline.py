@@ -129,7 +129,6 @@ def test_resume_after_kill_loses_and_repeats_nothing(
 def test_serial_step_on_ray_with_two_workers(
     digits_root: Path, cls_root: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("ray")
     cfg = spnas_config(digits_root, cls_root, serial_samples=2, steps=["fine_tune", "serial"],
                        executor="ray", workers=2)
     out = tmp_path / "run"
