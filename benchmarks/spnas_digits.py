@@ -24,6 +24,7 @@ from nasdet.pipeline import run_pipeline, train_step
 from nasdet.report import lineage
 from nasdet.runconfig import load_run_config
 from nasdet.search.candidate import candidate_cost
+from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
 from nasdet.spnas import base_config, start_architecture
 
@@ -38,7 +39,7 @@ def lineage_epochs(store: RecordStore, record_id: int) -> tuple[int, list[str]]:
     for rec in chain:
         payload = rec.extra.get("payload", {})
         key = (rec.step, rec.genotype)
-        if key in seen or "epochs" not in payload:
+        if key in seen or "epochs" not in payload or is_root(rec):
             continue
         seen.add(key)
         total += int(payload["epochs"])

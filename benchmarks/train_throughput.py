@@ -64,7 +64,11 @@ def nasdet_loop(model: torch.nn.Module, dataset: Subset, batch_size: int, lr: fl
             grad_clip=10.0,
             tensorboard=True,
         )
-        entry = trainer._train_epoch(0, trainer._writer())
+        writer = trainer._writer()
+        try:
+            entry = trainer._train_epoch(0, writer)
+        finally:
+            writer.close()
     return entry["images_per_s"]
 
 

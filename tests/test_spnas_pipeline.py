@@ -14,7 +14,9 @@ from conftest import tiny_config
 import nasdet
 from nasdet.cli import main
 from nasdet.data import make_digits_classification
+from nasdet.report import lineage
 from nasdet.runconfig import load_run_config
+from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
 from nasdet.spaces.serial import SerialCode
 
@@ -66,7 +68,7 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
     assert main(["-q", "run", str(path), "--out", str(out)]) == 0
     store = RecordStore(out / "records.sqlite")
     serial = store.records("serial")
-    children = [r for r in serial if r.parent_id is not None]
+    children = [r for r in serial if not is_root(r)]
     assert len(children) == 3
     by_id = {r.id: r for r in serial}
     for child in children:  # every mutated code is valid and differs from its parent
@@ -82,9 +84,13 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
             assert desc["genotype"] == row["genotype"]
             assert Path(desc["weights_path"]).is_file()
     assert len(store.records("reignition", status="done")) == 1
-    parallel = [r for r in store.records("parallel") if r.parent_id is not None]
+    parallel = [r for r in store.records("parallel") if not is_root(r)]
     assert len(parallel) == 2 and all("|" in r.genotype for r in parallel)
     result = json.loads((out / "result.json").read_text())
+    # the winner's lineage runs across steps back to the fine-tuned start
+    chain = lineage(store, result["record"])
+    assert chain[0].step == "fine_tune" and chain[-1].step == "fully_train"
+    assert {"serial", "parallel"} <= {r.step for r in chain}
     final = nasdet.load_model(result["model"])
     assert final.categories == [str(d) for d in range(10)]
     html = (out / "report.html").read_text()
@@ -134,7 +140,7 @@ def test_serial_step_on_ray_with_two_workers(
     out = tmp_path / "run"
     assert main(["-q", "run", str(_write(tmp_path, cfg)), "--out", str(out)]) == 0
     store = RecordStore(out / "records.sqlite")
-    children = [r for r in store.records("serial") if r.parent_id is not None]
+    children = [r for r in store.records("serial") if not is_root(r)]
     assert [r.status for r in children] == ["done", "done"]
     assert len({r.worker for r in children}) >= 1
     assert all(Path(r.weights_path).is_file() for r in children)

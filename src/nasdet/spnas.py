@@ -147,6 +147,7 @@ def serial(
         cost=root.cost,
         weights_path=root.weights_path,
         payload=root.extra["payload"],
+        parent_id=root.id,
     )
     propose = SerialProposer(
         "serial",
@@ -157,6 +158,7 @@ def serial(
         algo.expend_ratio,
         algo.add_stage_ratio,
         num_classes(cfg.data),
+        latency=cfg.search.constraints.max_latency_ms is not None,
     )
     return _search(cfg, "serial", algo.max_sample, algo.objective_keys, store, out, ex, propose)
 
@@ -251,6 +253,7 @@ def parallel(
             cost=rec.cost,
             weights_path=rec.weights_path,
             payload=rec.extra["payload"],
+            parent_id=rec.id,
         )
     payload = {"config": base_config(cfg), "epochs": step.trainer.epochs or cfg.search.epochs}
     propose = ParallelProposer(
@@ -260,6 +263,7 @@ def parallel(
         algo.max_blocks_per_level,
         cfg.search.constraints.max_flops,
         num_classes(cfg.data),
+        latency=cfg.search.constraints.max_latency_ms is not None,
     )
     return _search(cfg, "parallel", algo.max_sample, algo.objective_keys, store, out, ex, propose)
 
@@ -285,7 +289,9 @@ def _search(
         max_sample=max_sample,
         objectives=objectives,
         seed=cfg.seed,
-        check_cost=cost_checker(max_params=c.max_params, max_flops=c.max_flops),
+        check_cost=cost_checker(
+            max_params=c.max_params, max_flops=c.max_flops, max_latency_ms=c.max_latency_ms
+        ),
     )
 
 

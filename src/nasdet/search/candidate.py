@@ -19,7 +19,7 @@ from torch import nn
 import nasdet
 from nasdet.build import build_datasets, build_detector, make_trainer
 from nasdet.config import Config, ModelConfig
-from nasdet.cost import detector_cost
+from nasdet.cost import detector_cost, measure_latency
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.models.io import save_model
@@ -54,11 +54,16 @@ def transfer_weights(child: nn.Module, parent: nn.Module) -> tuple[int, int, set
     return len(inherited), len(child_state) - len(inherited), inherited
 
 
-def candidate_cost(model: nn.Module, size: int) -> dict[str, float]:
-    """Params and FLOPs/MACs (whole detector and backbone) at ``size`` x ``size`` input."""
+def candidate_cost(model: nn.Module, size: int, *, latency: bool = False) -> dict[str, float]:
+    """Params and FLOPs/MACs (whole detector and backbone) at ``size`` x ``size`` input; with
+    ``latency``, also ``latency_ms``: the median CPU latency of one image (torch.benchmark)."""
     cost = detector_cost(model, (size, size))
     keys = ("params", "flops", "macs", "backbone_params", "backbone_flops", "backbone_macs")
-    return {k: float(getattr(cost, k)) for k in keys}
+    out = {k: float(getattr(cost, k)) for k in keys}
+    if latency:
+        image = torch.rand(3, size, size)
+        out["latency_ms"] = measure_latency(model, [image], min_run_time=0.3).median_ms
+    return out
 
 
 def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:

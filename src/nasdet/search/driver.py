@@ -70,7 +70,7 @@ def run_search(
         log.info("%s: %d candidate(s) interrupted by a kill will be evaluated again", step, revived)
 
     def sampled() -> int:
-        return sum(1 for r in store.records(step) if r.parent_id is not None)
+        return sum(1 for r in store.records(step) if not is_root(r))
 
     def tasks() -> Iterator[Task]:
         for rec in store.records(step, status="pending"):
@@ -165,6 +165,11 @@ def write_step_outputs(
     return front
 
 
+def is_root(rec: Record) -> bool:
+    """Whether ``rec`` is a step's starting point (see :func:`add_root`), not a sampled one."""
+    return bool(rec.extra.get("root"))
+
+
 def add_root(
     store: RecordStore,
     step: str,
@@ -174,11 +179,15 @@ def add_root(
     cost: dict[str, float],
     weights_path: str,
     payload: dict[str, Any],
+    parent_id: int | None = None,
 ) -> Record:
-    """Record the starting point of a step (no parent) as done; idempotent on resume."""
+    """Record a starting point of a step as done (idempotent on resume). ``parent_id`` is the
+    record of the previous step it comes from, so lineages run across steps."""
     found = store.find(step, genotype)
     if found is not None and found.status == "done":
         return found
-    rec = found or store.add(step, genotype, cost=cost, extra={"payload": payload})
+    rec = found or store.add(
+        step, genotype, parent_id=parent_id, cost=cost, extra={"payload": payload, "root": True}
+    )
     store.claim(rec.id)
     return store.finish(rec.id, metrics, weights_path=weights_path, cost=cost)

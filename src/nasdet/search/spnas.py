@@ -52,6 +52,7 @@ class SerialProposer:
     expend_ratio: float = 0.3
     add_stage_ratio: float = 0.05
     num_classes: int = 11
+    latency: bool = False  # measure latency_ms of each proposal (a latency limit is set)
 
     def __call__(self, store: RecordStore, rng: random.Random) -> Proposal | None:
         parent = choose_parent(store, self.step, self.objectives, rng)
@@ -68,9 +69,8 @@ class SerialProposer:
         arch = _architecture(parent)
         backbone = arch.backbone.model_copy(update={"code": str(child), "levels": None})
         arch = arch.model_copy(update={"backbone": backbone})
-        cost = candidate_cost(
-            build_detector(arch, self.num_classes, load_weights=False), arch.min_size
-        )
+        model = build_detector(arch, self.num_classes, load_weights=False)
+        cost = candidate_cost(model, arch.min_size, latency=self.latency)
         payload = {
             **self.base_payload,
             "architecture": arch.model_dump(mode="json"),
@@ -94,6 +94,7 @@ class ParallelProposer:
     max_blocks_per_level: int = 3
     max_flops: float | None = None
     num_classes: int = 11
+    latency: bool = False
 
     def __call__(self, store: RecordStore, rng: random.Random) -> Proposal | None:
         parent = choose_parent(store, self.step, self.objectives, rng)
@@ -103,7 +104,7 @@ class ParallelProposer:
         serial_code, _, neck = parent.genotype.partition("|")
         detector = build_detector(arch, self.num_classes, load_weights=False)
         body = detector.backbone.body
-        if parent.parent_id is None or not neck:
+        if not neck:  # a serial network without parallel blocks yet
             flops = levels_branch_flops(body, (arch.min_size, arch.min_size))
             code = sample_parallel_code(rng, flops, max_blocks_per_level=self.max_blocks_per_level)
             if code.total_blocks == 0:
@@ -113,9 +114,8 @@ class ParallelProposer:
                 ParallelCode.parse(neck), rng, max_blocks_per_level=self.max_blocks_per_level
             )
         arch = arch.model_copy(update={"neck": "parallel_fpn", "neck_code": str(code)})
-        cost = candidate_cost(
-            build_detector(arch, self.num_classes, load_weights=False), arch.min_size
-        )
+        model = build_detector(arch, self.num_classes, load_weights=False)
+        cost = candidate_cost(model, arch.min_size, latency=self.latency)
         payload = {
             **self.base_payload,
             "architecture": arch.model_dump(mode="json"),

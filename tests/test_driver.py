@@ -1,0 +1,92 @@
+"""The shared search loop, with fake proposals and a fake evaluator (no training)."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from nasdet.search.driver import Proposal, add_root, run_search
+from nasdet.search.executors import InProcessExecutor
+from nasdet.search.records import RecordStore
+from nasdet.search.spnas import cost_checker
+
+
+def fake_evaluate(payload: dict) -> dict:
+    """mAP grows with size; genotype 'boom' fails."""
+    if payload["genotype"] == "boom":
+        raise RuntimeError("candidate exploded")
+    size = payload["size"]
+    return {
+        "metrics": {"mAP": size / (size + 10.0)},
+        "cost": {"params": 1000.0 * size},
+        "weights_path": payload["out"],
+    }
+
+
+def test_cost_checker_names_the_broken_limit() -> None:
+    check = cost_checker(max_params=100, max_flops=1e6, max_latency_ms=5.0)
+    assert check({"params": 50, "flops": 1e5, "latency_ms": 1.0}) is None
+    assert check({"params": 150, "flops": 1e5}) == "params 150 > max_params 100"
+    assert "FLOPs 2,000,000 > max_flops 1,000,000" == check({"params": 1, "flops": 2e6})
+    assert check({"params": 1, "latency_ms": 7.5}) == "latency 7.50 ms > max_latency_ms 5"
+
+
+def test_run_search_records_everything(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "records.sqlite")
+    root = add_root(
+        store,
+        "s",
+        "g1",
+        metrics={"mAP": 1 / 11},
+        cost={"params": 1000.0},
+        weights_path="root.pth",
+        payload={"size": 1},
+    )
+    sizes = iter([2, 2, 50, 3, 0, 4])  # 2 twice: a duplicate; 50: over max_params; 0: boom
+
+    def propose(store: RecordStore, rng: random.Random) -> Proposal | None:
+        size = next(sizes, None)
+        if size is None:
+            return None
+        genotype = "boom" if size == 0 else f"g{size}"
+        return Proposal(
+            genotype, root.id, {"size": size, "genotype": genotype}, cost={"params": 1000.0 * size}
+        )
+
+    front = run_search(
+        store,
+        "s",
+        tmp_path / "s",
+        propose=propose,
+        evaluate=fake_evaluate,
+        executor=InProcessExecutor(),
+        max_sample=5,
+        objectives=["mAP", "params"],
+        check_cost=cost_checker(max_params=20_000),
+        max_proposal_tries=3,
+    )
+    by_genotype = {r.genotype: r for r in store.records("s")}
+    assert set(by_genotype) == {"g1", "g2", "g50", "g3", "boom", "g4"}
+    assert by_genotype["g50"].status == "infeasible"
+    assert by_genotype["g50"].error == "params 50,000 > max_params 20,000"
+    assert by_genotype["boom"].status == "failed"
+    assert "candidate exploded" in by_genotype["boom"].error
+    assert all(by_genotype[g].status == "done" for g in ("g1", "g2", "g3", "g4"))
+    # larger is better and costlier here: every done record is on the front
+    assert sorted(r.genotype for r in front) == ["g1", "g2", "g3", "g4"]
+    rows = list(csv.DictReader((tmp_path / "s" / "pareto.csv").open()))
+    assert sorted(r["genotype"] for r in rows) == ["g1", "g2", "g3", "g4"]
+    assert (tmp_path / "s" / f"desc_{by_genotype['g4'].id}.json").is_file()
+    # a second run finds max_sample reached and evaluates nothing more
+    again = run_search(
+        store,
+        "s",
+        tmp_path / "s",
+        propose=propose,
+        evaluate=fake_evaluate,
+        executor=InProcessExecutor(),
+        max_sample=5,
+        objectives=["mAP", "params"],
+    )
+    assert len(again) == 4 and len(store.records("s")) == 6
