@@ -124,10 +124,19 @@ class ParallelProposer:
         return Proposal(f"{serial_code}|{code}", parent.id, payload, cost)
 
 
-def cost_checker(*, max_params: float | None = None, max_flops: float | None = None) -> Any:
-    """A ``check_cost`` for :func:`run_search`: the first limit a cost breaks, as one line."""
+def cost_checker(
+    *,
+    max_params: float | None = None,
+    max_flops: float | None = None,
+    max_latency_ms: float | None = None,
+) -> Any:
+    """A ``check_cost`` for :func:`run_search`: the first limit a cost breaks, as one line.
+
+    ``max_latency_ms`` applies to ``cost["latency_ms"]`` (measured when the limit is set)."""
 
     def check(cost: dict[str, float]) -> str | None:
+        if max_latency_ms is not None and cost.get("latency_ms", 0) > max_latency_ms:
+            return f"latency {cost['latency_ms']:.2f} ms > max_latency_ms {max_latency_ms:g}"
         if max_params is not None and cost.get("params", 0) > max_params:
             return f"params {cost['params']:,.0f} > max_params {max_params:,.0f}"
         if max_flops is not None and cost.get("flops", 0) > max_flops:
