@@ -12,6 +12,7 @@ from conftest import tiny_config
 
 from nasdet.cli import main
 from nasdet.config import load_config
+from nasdet.runconfig import load_run_config
 
 
 def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -74,7 +75,10 @@ def test_shipped_configs_validate() -> None:
     configs = sorted(root.rglob("*.yaml"))
     assert configs
     for path in configs:
-        load_config(path)
+        if path.name.startswith("spnas"):
+            load_run_config(path)
+        else:
+            load_config(path)
 
 
 def test_train_then_evaluate_model_file(digits_root: Path, tmp_path: Path, capsys) -> None:

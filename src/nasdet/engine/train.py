@@ -271,7 +271,7 @@ class Trainer:
             else "none (diverged in the first epoch)"
         )
         raise TrainingDiverged(
-            f"loss became {float(loss)} at epoch {epoch + 1}, iteration {i + 1} "
+            f"loss became {float(loss.detach())} at epoch {epoch + 1}, iteration {i + 1} "
             f"(step {epoch * len(self.loader) + i + 1}; {parts}); last good checkpoint: {good} — "
             "lower train.lr, raise train.warmup_iters or set train.grad_clip"
         )
