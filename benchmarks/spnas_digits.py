@@ -60,6 +60,11 @@ def main() -> None:
     search_minutes = (time.perf_counter() - start) / 60
     store = RecordStore(out / "records.sqlite")
     epochs, chain = lineage_epochs(store, result.final.id)
+    if args.out:  # the search's part now, in case the baseline run is interrupted
+        write_fragment(args.out, f"Search wall time {search_minutes:.1f} min; winner "
+                       f"`{result.final.genotype}` val mAP {result.final.metrics['mAP']:.3f}, "
+                       f"{result.final.cost['params']:,.0f} params; lineage {' -> '.join(chain)}."
+                       f"  \nSame-budget baseline: not measured yet.  \nMachine: {machine_line()}")
 
     base = base_config(cfg)
     base["data"]["search_fraction"] = 0.0
