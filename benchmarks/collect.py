@@ -13,6 +13,7 @@ SECTIONS = [
     ("COCO evaluation time: faster-coco-eval vs pycocotools", "coco_eval.md"),
     ("Baseline detectors on the bundled digits", "baselines.md"),
     ("SP-NAS on the bundled digits", "spnas.md"),
+    ("make demo (the SP-NAS preset)", "demo.md"),
 ]
 HEADER = """# Benchmarks
 
