@@ -96,6 +96,23 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
     html = (out / "report.html").read_text()
     assert result["winner"].split("|")[0] in html and "data:image/png;base64," in html
 
+    # a new run starts its parallel step from this run's serial output (the seed's models_folder)
+    cfg2 = spnas_config(digits_root, cls_root, steps=["parallel"])
+    cfg2["parallel"]["models_folder"] = str(out / "output" / "serial")
+    cfg2["parallel"]["search_algorithm"]["max_sample"] = 1
+    out2 = tmp_path / "run2"
+    (tmp_path / "second").mkdir()
+    assert main(["-q", "run", str(_write(tmp_path / "second", cfg2)), "--out", str(out2)]) == 0
+    store2 = RecordStore(out2 / "records.sqlite")
+    serial_front = list(csv.DictReader((out / "output" / "serial" / "pareto.csv").open()))
+    assert sorted(r.genotype for r in store2.records("imported")) == sorted(
+        row["genotype"] for row in serial_front
+    )
+    assert [r.status for r in store2.records("parallel") if not is_root(r)] == ["done"]
+    cfg2["parallel"]["models_folder"] = str(tmp_path)  # no desc files there
+    path3 = _write(tmp_path / "second", cfg2)
+    assert main(["-q", "run", str(path3), "--out", str(tmp_path / "run3")]) == 2
+
 
 def test_resume_after_kill_loses_and_repeats_nothing(
     digits_root: Path, cls_root: Path, tmp_path: Path, monkeypatch

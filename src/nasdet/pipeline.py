@@ -27,7 +27,7 @@ from nasdet.cost import count_params
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.models.io import save_model
-from nasdet.runconfig import RunConfig
+from nasdet.runconfig import RunConfig, substitute
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,13 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path) -> RunResult:
             if step.search_algorithm is not None:
                 objectives = list(step.search_algorithm.objective_keys)
             log.info("== step %s ==", name)
+            folder = substitute(step.models_folder, out)
+            if (
+                folder is not None
+                and name != "fine_tune"
+                and (not members or not folder.resolve().is_relative_to(out.resolve()))
+            ):
+                members = spnas.import_members(store, folder)  # models of another run's step
             if name == "fine_tune":
                 members = [spnas.fine_tune(cfg, step, store, out, ex)]
             elif name == "serial":

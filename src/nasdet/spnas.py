@@ -7,6 +7,7 @@ previous step's results, and re-running the same command after a kill continues 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -354,3 +355,35 @@ def check_start(cfg: RunConfig) -> None:
     arch = start_architecture(cfg)
     SerialCode.parse(arch.backbone.code)
     candidate_cost(build_detector(arch, num_classes(cfg.data), load_weights=False), arch.min_size)
+
+
+def import_members(store: RecordStore, folder: Path) -> list[Record]:
+    """The models of another step's output folder (its ``desc_<id>.json`` files), recorded in
+    this run as done records of step ``imported`` so later steps can start from them (the seed's
+    ``models_folder``)."""
+    descs = sorted(Path(folder).glob("desc_*.json"))
+    if not descs:
+        raise ConfigError(
+            f"{folder}: models_folder has no desc_<id>.json files — point it at a step's output "
+            "folder of a nasdet run (DIR/output/<step>/)"
+        )
+    members = []
+    for path in descs:
+        try:
+            desc = json.loads(path.read_text())
+            genotype, arch = desc["genotype"], desc["architecture"]
+            metrics, cost, weights = desc["metrics"], desc["cost"], desc["weights_path"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: not a nasdet desc file ({type(e).__name__}: {e})") from None
+        found = store.find("imported", genotype)
+        if found is None:
+            found = store.add(
+                "imported",
+                genotype,
+                cost=cost,
+                extra={"payload": {"architecture": arch}, "source": str(path)},
+            )
+            store.claim(found.id)
+            found = store.finish(found.id, metrics, weights_path=weights, cost=cost)
+        members.append(found)
+    return members
