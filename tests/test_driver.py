@@ -90,3 +90,45 @@ def test_run_search_records_everything(tmp_path: Path) -> None:
         objectives=["mAP", "params"],
     )
     assert len(again) == 4 and len(store.records("s")) == 6
+
+
+def test_infeasible_proposals_do_not_use_the_budget_and_never_loop(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "records.sqlite")
+    root = add_root(
+        store,
+        "s",
+        "g1",
+        metrics={"mAP": 0.1},
+        cost={"params": 1000.0},
+        weights_path="root.pth",
+        payload={"size": 1},
+    )
+    sizes = iter([90, 2, 91, 3])  # 90/91 over max_params: recorded, not trained, not counted
+
+    def propose(store: RecordStore, rng: random.Random) -> Proposal | None:
+        size = next(sizes, 100 + len(store.records("s")))  # afterwards: always infeasible
+        return Proposal(
+            f"g{size}",
+            root.id,
+            {"size": size, "genotype": f"g{size}"},
+            cost={"params": 1000.0 * size},
+        )
+
+    run_search(
+        store,
+        "s",
+        tmp_path / "s",
+        propose=propose,
+        evaluate=fake_evaluate,
+        executor=InProcessExecutor(),
+        max_sample=3,
+        objectives=["mAP", "params"],
+        check_cost=cost_checker(max_params=20_000),
+        max_proposal_tries=4,
+    )
+    status = {r.genotype: r.status for r in store.records("s")}
+    assert status["g2"] == status["g3"] == "done"
+    assert status["g90"] == status["g91"] == "infeasible"
+    # only 2 of the 3 trainable slots could be filled: 4 infeasible in a row end the step
+    assert sum(s == "done" for s in status.values()) == 3  # root + g2 + g3
+    assert sum(s == "infeasible" for s in status.values()) == 2 + 4

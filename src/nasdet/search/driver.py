@@ -6,8 +6,9 @@ everything recorded so far); :func:`run_search` does the rest:
 1. on start, records a killed run left ``running`` go back to ``pending`` and are evaluated first
    (nothing finished is evaluated again);
 2. each proposal is checked against the resource constraints *before* training (an infeasible
-   one is recorded as such, with the reason), deduplicated against the store, recorded and
-   claimed;
+   one is recorded as such, with the reason, and does not count toward ``max_sample``; after
+   ``max_proposal_tries`` infeasible or duplicate proposals in a row the step stops early with
+   a warning), deduplicated against the store, recorded and claimed;
 3. candidates are handed to the executor lazily — the next proposal is made only when a worker
    is free, so parents come from the latest Pareto front;
 4. each outcome is committed to the record store as it arrives (before the next candidate
@@ -69,8 +70,8 @@ def run_search(
     if revived:
         log.info("%s: %d candidate(s) interrupted by a kill will be evaluated again", step, revived)
 
-    def sampled() -> int:
-        return sum(1 for r in store.records(step) if not is_root(r))
+    def sampled() -> int:  # infeasible proposals are not trained and do not use the budget
+        return sum(1 for r in store.records(step) if not is_root(r) and r.status != "infeasible")
 
     def tasks() -> Iterator[Task]:
         for rec in store.records(step, status="pending"):
@@ -92,7 +93,6 @@ def run_search(
                     )
                     return
                 continue
-            failures = 0
             rec = store.add(
                 step,
                 proposal.genotype,
@@ -104,7 +104,20 @@ def run_search(
             if reason:
                 store.mark_infeasible(rec.id, reason)
                 log.info("%s #%d %s infeasible: %s", step, rec.id, proposal.genotype, reason)
+                failures += 1
+                if failures >= max_proposal_tries:
+                    log.warning(
+                        "%s: %d proposals in a row broke the constraints (last: %s); stopping "
+                        "early at %d of %d: loosen search.constraints to search further",
+                        step,
+                        failures,
+                        reason,
+                        sampled(),
+                        max_sample,
+                    )
+                    return
                 continue
+            failures = 0
             if store.claim(rec.id):
                 log.info(
                     "%s #%d %s (parent #%s) started",
