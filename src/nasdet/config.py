@@ -100,15 +100,28 @@ class BackboneConfig(Strict):
         "mobilenet_v3_small",
         "shufflenet_v2",
         "serial",
+        "shufflenet_nas",
+        "shufflenet_supernet",
     ] = "resnet18"
-    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="baselines only")
+    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="baselines and shufflenet_*")
     levels: list[int] | None = Field(
         None, description="feature levels (stride 2**level); default 3,4,5 (serial: all from 3)"
     )
     weights: Path | None = Field(
         None, description="a torchvision classification state dict to start the backbone from"
     )
-    code: str | None = Field(None, description="serial: block code, e.g. 111-2111-211111-211")
+    code: str | None = Field(
+        None,
+        description="serial: block code, e.g. 111-2111-211111-211; shufflenet_nas: one choice "
+        "(3, 5, 7 or x) per block, stages split by '-', e.g. 3573-5x77-33x3x357-7x33",
+    )
+    depths: list[int] | None = Field(
+        None, description="shufflenet_supernet: blocks per stage (default 4, 4, 8, 4)"
+    )
+    widths: list[int] | None = Field(
+        None,
+        description="shufflenet_*: stage widths before width_mult (default 64, 160, 320, 640)",
+    )
     block: Literal["bottleneck", "basic", "resnext"] = "bottleneck"
     base_width: int = Field(64, ge=1, description="serial: first-stage width")
     frozen_bn: bool = Field(False, description="serial: FrozenBatchNorm2d (torchvision's R-CNN)")
@@ -121,8 +134,27 @@ class BackboneConfig(Strict):
             if self.code is None:
                 raise ValueError("a serial backbone needs code (e.g. '111-2111-211111-211')")
             SerialCode.parse(self.code)
+        elif self.name == "shufflenet_nas":
+            from nasdet.spaces.shufflenet import ShuffleNetCode
+
+            if self.code is None:
+                raise ValueError(
+                    "a shufflenet_nas backbone needs code (e.g. '3573-5x77-33x3x357-7x33')"
+                )
+            code = ShuffleNetCode.parse(self.code)
+            if self.widths is not None and len(self.widths) != len(code.depths):
+                raise ValueError(
+                    f"widths has {len(self.widths)} stages, code has {len(code.depths)}"
+                )
         elif self.code is not None:
-            raise ValueError(f"code is for name: serial, not {self.name}")
+            raise ValueError(f"code is for name: serial or shufflenet_nas, not {self.name}")
+        if self.depths is not None and self.name != "shufflenet_supernet":
+            raise ValueError(
+                "depths is for name: shufflenet_supernet (a static net's code has them)"
+            )
+        if self.name == "shufflenet_supernet" and self.widths and self.depths:
+            if len(self.widths) != len(self.depths):
+                raise ValueError(f"widths has {len(self.widths)} stages, depths {len(self.depths)}")
         return self
 
 
@@ -196,6 +228,11 @@ C = TypeVar("C", bound=Config)
 def load_config(path: str | Path, schema: type[C] = Config) -> C:  # type: ignore[assignment]
     """Read and validate a YAML config against ``schema`` (a :class:`Config` subclass);
     :class:`ConfigError` (one line) on any mistake."""
+    return parse_config(read_yaml(path), source=str(path), schema=schema)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; :class:`ConfigError` (one line) otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found — check the path")
@@ -208,7 +245,7 @@ def load_config(path: str | Path, schema: type[C] = Config) -> C:  # type: ignor
         raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, ...)")
-    return parse_config(raw, source=str(path), schema=schema)
+    return raw
 
 
 def parse_config(
