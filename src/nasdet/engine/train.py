@@ -6,7 +6,11 @@
   ``(seed, e)``, and the global RNG state is checkpointed, so ``resume`` continues bit for bit;
 - a checkpoint (model, optimizer, scheduler, scaler, RNG, epoch, history) written atomically after
   every epoch; a NaN/inf loss stops training naming the step and the last good checkpoint;
-- tqdm progress with ETA, TensorBoard scalars, ``logging`` per epoch.
+- tqdm progress with ETA, TensorBoard scalars, ``logging`` per epoch;
+- data-parallel under ``torchrun`` (see :mod:`nasdet.engine.distributed`): when a process group
+  of more than one process is initialised, the model trains wrapped in ``DistributedDataParallel``
+  on a ``DistributedSampler`` share of the data; rank 0 alone evaluates, logs and writes the
+  checkpoint (the same file as a single-process run's).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import (
     ConstantLR,
@@ -31,10 +37,11 @@ from torch.optim.lr_scheduler import (
     MultiStepLR,
     SequentialLR,
 )
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from nasdet.data import collate
+from nasdet.engine.distributed import barrier, current
 from nasdet.errors import CheckpointError, ConfigError, TrainingDiverged
 from nasdet.models.io import atomic_save, read_weights
 
@@ -100,6 +107,16 @@ class Trainer:
     ``entry["val"]``.
     ``fingerprint`` identifies the run's settings: resuming from a checkpoint written with another
     fingerprint is refused (the schedule would not be the same).
+    ``before_step`` (optional) is called with the global step index (``epoch * iterations per
+    epoch + i``, from 0) before each forward, e.g. for a supernet to sample its path: a choice
+    that depends only on the step is the same on every rank and after a resume.
+
+    Distributed (a process group of more than one process initialised before construction):
+    ``self.model`` stays the plain module; training runs through a ``DistributedDataParallel``
+    wrapper (``find_unused_parameters`` for a supernet whose steps leave parameters unused) over
+    a ``DistributedSampler`` seeded with ``seed``, so ``batch_size`` is per process. Rank 0 alone
+    calls ``evaluate`` (its history entries alone hold ``val``) and writes the checkpoint; every
+    rank reads it on ``resume``. The logged loss is the mean over all processes.
     """
 
     model: nn.Module
@@ -120,6 +137,8 @@ class Trainer:
     tensorboard: bool = True
     fingerprint: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    before_step: Callable[[int], None] | None = None
+    find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -129,10 +148,28 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.amp)
         self.generator = torch.Generator()
+        self.dist = current()
+        self.sampler: DistributedSampler | None = None
+        self.net: nn.Module = self.model  # what forward/backward go through
+        order: dict[str, Any] = {"shuffle": True}
+        if self.dist.distributed:
+            self.sampler = DistributedSampler(
+                self.train_set,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=self.seed,
+            )
+            order = {"sampler": self.sampler}
+            self.net = DistributedDataParallel(
+                self.model,
+                device_ids=[self._device_index()] if self.cuda else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
         self.loader = DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            **order,
             generator=self.generator,
             collate_fn=collate,
             num_workers=self.num_workers,
@@ -145,26 +182,38 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT
 
+    def _device_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, epoch: int) -> Path:
-        """Everything needed to continue after ``epoch`` (1-based count of finished epochs)."""
+        """Everything needed to continue after ``epoch`` (1-based count of finished epochs).
+
+        Distributed: every rank must call it (the RNG states of all ranks are gathered, as
+        ``rng_per_rank``); rank 0 writes the file, then all ranks wait for it.
+        """
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return atomic_save(
-            {
-                "epoch": epoch,
-                "epochs": self.epochs,
-                "fingerprint": self.fingerprint,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng,
-                "history": self.history,
-            },
-            self.checkpoint_path,
-        )
+        state: dict[str, Any] = {
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "fingerprint": self.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "history": self.history,
+        }
+        if not self.dist.distributed:
+            return atomic_save(state, self.checkpoint_path)
+        per_rank: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(per_rank, rng)
+        if self.dist.is_main:
+            atomic_save({**state, "rng_per_rank": per_rank}, self.checkpoint_path)
+        barrier()
+        return self.checkpoint_path
 
     def load_checkpoint(self) -> None:
         """Restore the state saved by :meth:`save_checkpoint`; continue after its epoch."""
@@ -181,10 +230,14 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        random.setstate(_as_python_state(ck["rng"]["python"]))
-        if "cuda" in ck["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        rng = ck["rng"]
+        per_rank = ck.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            rng = per_rank[self.dist.rank]  # same world size: each rank continues its own stream
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_as_python_state(rng["python"]))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.history = list(ck["history"])
         self.start_epoch = int(ck["epoch"])
         log.info("resuming %s after epoch %d/%d", path, self.start_epoch, self.epochs)
@@ -194,13 +247,15 @@ class Trainer:
         """Train the remaining epochs; returns the per-epoch history."""
         if resume:
             self.load_checkpoint()
-        writer = self._writer()
+        writer = self._writer() if self.dist.is_main else None
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 entry = self._train_epoch(epoch, writer)
                 last = epoch + 1 == self.epochs
-                if self.evaluate is not None and (
-                    last or (self.eval_every and (epoch + 1) % self.eval_every == 0)
+                if (
+                    self.evaluate is not None
+                    and self.dist.is_main
+                    and (last or (self.eval_every and (epoch + 1) % self.eval_every == 0))
                 ):
                     self.model.eval()
                     metrics = self.evaluate(self.model, epoch + 1)
@@ -210,6 +265,8 @@ class Trainer:
                             writer.add_scalar(f"val/{k}", v, epoch + 1)
                 self.history.append(entry)
                 self.save_checkpoint(epoch + 1)
+                if not self.dist.is_main:
+                    continue
                 log.info(
                     "epoch %d/%d  loss %.4f  lr %.5f  %.1f img/s%s",
                     epoch + 1,
@@ -226,18 +283,29 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, writer: Any) -> dict[str, Any]:
         self.model.train()
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        # Distributed, the sampler orders the data; the generator then only seeds the workers.
+        self.generator.manual_seed(self.seed * 100_003 + epoch + self.dist.rank * 1_000_003)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
         iters = len(self.loader)
         total, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, disable=None)
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            leave=False,
+            disable=None if self.dist.is_main else True,
+        )
         for i, (images, targets) in enumerate(bar):
             images = [img.to(self.device, non_blocking=True) for img in images]
             targets = [_to_device(t, self.device) for t in targets]
+            if self.before_step is not None:
+                self.before_step(epoch * iters + i)
             with torch.autocast(self.device.type, enabled=self.cuda and self.amp):
-                losses = self.model(images, targets)
+                losses = self.net(images, targets)
                 loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                self._diverged(loss, epoch, i, losses)
+            reported = self._mean_over_ranks(loss) if self.dist.distributed else loss
+            if not torch.isfinite(reported):  # distributed: all ranks stop together
+                self._diverged(reported, epoch, i, losses)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.grad_clip is not None:
@@ -246,7 +314,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            value = float(loss.detach())
+            value = float(reported.detach())
             total += value * len(images)
             seen += len(images)
             if writer is not None:
@@ -255,6 +323,10 @@ class Trainer:
                 writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
             bar.set_postfix(loss=f"{value:.3f}")
         seconds = time.perf_counter() - start
+        if self.dist.distributed:  # every rank's images, weighted equally
+            sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(sums)
+            total, seen = float(sums[0]), int(sums[1])
         return {
             "epoch": epoch + 1,
             "loss": total / max(seen, 1),
@@ -262,6 +334,12 @@ class Trainer:
             "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else math.inf,
         }
+
+    def _mean_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss averaged over the processes (non-finite when any process's is)."""
+        mean = loss.detach().float().clone()
+        dist.all_reduce(mean)
+        return mean / self.dist.world_size
 
     def _diverged(self, loss: torch.Tensor, epoch: int, i: int, losses: dict) -> None:
         parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
