@@ -1,0 +1,490 @@
+"""Constrained evolution search: SPOS / DetNAS / MMRazor ``EvolutionSearchLoop`` on the store.
+
+Each generation is a population of ``num_candidates`` distinct genotypes that satisfy the cost
+constraints and were never scored before in the step:
+
+- generation 0: random samples;
+- generation g > 0: ``num_mutation`` mutants and ``num_crossover`` crossovers of the ``top_k``
+  best done records of all earlier generations (by ``score_key``, maximised), then random samples
+  up to ``num_candidates``.
+
+Every proposal is checked against the constraints with the cheap ``cost`` function before it is
+scored; infeasible and duplicate proposals are counted and logged, not stored. At most
+``max_tries`` proposals are tried per generation (mutants and crossovers get at most half, so a
+converged population still fills up with random samples): an impossible constraint ends quickly.
+With no feasible genotype in generation 0 the search raises :class:`InfeasibleConstraints`; a later
+generation that runs out of tries goes on with what it has.
+
+A generation's candidates are recorded ``pending``, then scored in one :meth:`Executor.run` call (a
+Ray executor scores them in parallel); each outcome is committed as it arrives. Generation g draws
+from ``random.Random(seed * 1_000_003 + g)`` and looks only at records of earlier generations, so
+after a kill a rerun regenerates the same candidate lists: finished generations are skipped, done
+candidates are not scored again, and candidates a dead process left ``running`` are scored. Stored
+candidates count as feasible without a new ``cost`` call; should a cost that is not reproducible
+(measured latency) change the list, the stored pending candidates it lacks are scored as well.
+Records of the step without a ``generation`` (another algorithm's) count as earlier ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from tqdm.auto import tqdm
+
+from nasdet.errors import ConfigError
+from nasdet.search.executors import Executor, Outcome, Task
+from nasdet.search.records import Record, RecordStore
+
+__all__ = [
+    "EvolutionSettings",
+    "InfeasibleConstraints",
+    "Space",
+    "evolution_search",
+    "top_records",
+]
+
+log = logging.getLogger(__name__)
+
+G = TypeVar("G", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class EvolutionSettings:
+    """Settings of :func:`evolution_search` (MMRazor ``EvolutionSearchLoop`` names).
+
+    Attributes:
+        num_candidates: population of each generation.
+        top_k: parents: the best ``top_k`` done records of all generations so far.
+        num_mutation: mutants per generation (each of one random parent).
+        mutate_prob: per-choice mutation probability, passed to :meth:`Space.mutate`.
+        num_crossover: crossovers per generation (each of two distinct random parents).
+        crossover_prob: per-choice probability of taking the second parent's choice.
+        max_epochs: generations.
+        max_tries: proposals (random, mutation and crossover together) tried per generation;
+            mutants and crossovers use at most half of them, in proportion to their counts.
+        score_key: the metric maximised (``mAP``...).
+
+    Raises:
+        ConfigError: a count or probability out of range.
+    """
+
+    num_candidates: int = 50
+    top_k: int = 10
+    num_mutation: int = 25
+    mutate_prob: float = 0.1
+    num_crossover: int = 25
+    crossover_prob: float = 0.5
+    max_epochs: int = 20
+    max_tries: int = 1000
+    score_key: str = "mAP"
+
+    def __post_init__(self) -> None:
+        for name in ("num_candidates", "top_k", "max_epochs", "max_tries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evolution: {name} must be >= 1, got {getattr(self, name)}")
+        if self.num_mutation < 0 or self.num_crossover < 0:
+            raise ConfigError(
+                f"evolution: num_mutation and num_crossover must be >= 0, got "
+                f"{self.num_mutation}, {self.num_crossover}"
+            )
+        if self.num_mutation + self.num_crossover > self.num_candidates:
+            raise ConfigError(
+                f"evolution: num_mutation + num_crossover ({self.num_mutation} + "
+                f"{self.num_crossover}) must be <= num_candidates ({self.num_candidates})"
+            )
+        for name in ("mutate_prob", "crossover_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"evolution: {name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.score_key:
+            raise ConfigError("evolution: score_key must name a metric, e.g. 'mAP'")
+
+
+class Space(Protocol[G]):
+    """What a search space offers the evolution: ``G`` is a frozen, hashable genotype whose
+    ``str`` is its canonical form and ``parse(str(g)) == g``."""
+
+    def sample(self, rng: random.Random) -> G: ...
+
+    def mutate(self, g: G, rng: random.Random, prob: float) -> G: ...
+
+    def crossover(self, a: G, b: G, rng: random.Random, prob: float) -> G: ...
+
+    def parse(self, text: str) -> G: ...
+
+
+class InfeasibleConstraints(ConfigError):
+    """No sampled architecture satisfies the search constraints; the message is one line."""
+
+
+CheckCost = Callable[[dict[str, float]], "str | None"]
+
+
+@dataclass
+class _Candidate(Generic[G]):
+    genotype: G
+    text: str
+    cost: dict[str, float]
+    origin: str  # "random", "mutation" or "crossover"
+    parents: tuple[int, ...] = ()
+
+
+@dataclass
+class _Proposals(Generic[G]):
+    """One generation's proposals: the accepted candidates and what was rejected, and why."""
+
+    earlier: set[str]  # genotypes of earlier generations (any status) and already proposed
+    stored: dict[str, dict[str, Any]]  # genotype -> cost of this generation's stored candidates
+    cost: Callable[[Any], dict[str, float]]
+    check_cost: CheckCost | None
+    max_tries: int
+    candidates: list[_Candidate[G]] = field(default_factory=list)
+    tried: int = 0
+    feasible: int = 0
+    duplicates: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    cheapest: dict[str, float] = field(default_factory=dict)
+
+    def rejections(self) -> str:
+        """``"12 infeasible (most common: ...), 3 duplicates"``."""
+        common = self.reasons.most_common(1)
+        why = f" (most common: {common[0][0]})" if common else ""
+        return f"{sum(self.reasons.values())} infeasible{why}, {self.duplicates} duplicates"
+
+    def offer(self, g: G, origin: str, parents: tuple[int, ...] = ()) -> None:
+        """Try one proposal: keep it if new and feasible."""
+        self.tried += 1
+        text = str(g)
+        if text in self.earlier:
+            self.duplicates += 1
+            return
+        self.earlier.add(text)  # from now on, a second proposal of it is a duplicate
+        if text in self.stored:  # feasible when first proposed: not measured again on resume
+            cost, reason = self.stored[text], None
+        else:
+            cost = dict(self.cost(g))
+            reason = self.check_cost(cost) if self.check_cost else None
+        if reason:
+            self.reasons[" ".join(str(reason).split())] += 1
+            for key, value in cost.items():
+                if isinstance(value, int | float) and not math.isnan(value):
+                    self.cheapest[key] = min(value, self.cheapest.get(key, math.inf))
+            return
+        self.feasible += 1
+        self.candidates.append(_Candidate(g, text, cost, origin, parents))
+
+    def fill(
+        self,
+        make: Callable[[], tuple[G, tuple[int, ...]]],
+        origin: str,
+        count: int,
+        tries: int | None = None,
+    ) -> None:
+        """Offer proposals from ``make`` until ``count`` of ``origin`` are kept, or this call has
+        used ``tries`` (default: no limit of its own) or the generation's tries run out."""
+        kept = sum(1 for c in self.candidates if c.origin == origin)
+        stop = self.max_tries if tries is None else min(self.max_tries, self.tried + tries)
+        while kept < count and self.tried < stop:  # bounded: every offer is one more try
+            before = len(self.candidates)
+            g, parents = make()
+            self.offer(g, origin, parents)
+            kept += len(self.candidates) - before
+
+
+def top_records(
+    store: RecordStore, step: str, k: int | None = None, score_key: str = "mAP"
+) -> list[Record]:
+    """The ``k`` (all when ``None``) done records of ``step`` with the highest ``score_key``,
+    best first; ties go to the older record, a missing or NaN score ranks last."""
+    ranked = sorted(store.records(step, status="done"), key=lambda r: -_score(r, score_key))
+    return ranked if k is None else ranked[:k]
+
+
+def evolution_search(
+    store: RecordStore,
+    step: str,
+    *,
+    space: Space[G],
+    cost: Callable[[G], Mapping[str, float]],
+    check_cost: CheckCost | None,
+    payload: Callable[[G], dict[str, Any]],
+    score: Callable[[dict[str, Any]], dict[str, Any]],
+    executor: Executor,
+    settings: EvolutionSettings,
+    seed: int = 0,
+    constraints_text: str = "",
+) -> list[Record]:
+    """Run (or resume) the evolution of ``step``; return every done record, best score first.
+
+    Args:
+        store: the run's record store; candidates are recorded in ``step`` with
+            ``extra={"generation": g, "origin": "random" | "mutation" | "crossover"}`` (and the
+            crossover's ``parents`` ids; ``parent_id`` is the first parent's record).
+        space: sampling, mutation, crossover and parsing of genotypes.
+        cost: a genotype's cheap cost (params, FLOPs...), computed before it is scored and stored
+            as the record's ``cost``.
+        check_cost: a one-line reason when a cost breaks the constraints, else ``None``.
+        payload: the plain data ``score`` needs for a genotype; ``"genotype": str(g)`` is added.
+        score: runs in the executor; returns ``{"metrics": {...}}``, optionally with ``"cost"``
+            (merged into the record's cost) and ``"weights_path"``.
+        executor: scores each generation's candidates in one :meth:`Executor.run` call.
+        settings: population sizes, probabilities, generations, tries and the score key.
+        seed: generation ``g`` draws from ``random.Random(seed * 1_000_003 + g)``.
+        constraints_text: the constraints as the user wrote them, for error messages.
+
+    Raises:
+        InfeasibleConstraints: generation 0 found no feasible genotype in ``max_tries``.
+        ConfigError: ``score`` returned no ``settings.score_key`` metric (the record is kept).
+    """
+    revived = store.reset_running(step)
+    if revived:
+        log.info("%s: %d candidate(s) interrupted by a kill will be scored again", step, revived)
+    key = settings.score_key
+    for gen in range(settings.max_epochs):
+        records = store.records(step)
+        earlier = [r for r in records if _generation(r) < gen]
+        stored = {r.genotype: r for r in records if _generation(r) == gen}  # when resuming
+        rng = random.Random(seed * 1_000_003 + gen)
+        proposals = _propose(space, settings, gen, earlier, stored, cost, check_cost, rng)
+        if gen == 0 and proposals.feasible == 0:
+            raise InfeasibleConstraints(_infeasible_message(proposals, constraints_text))
+        if len(proposals.candidates) < settings.num_candidates:
+            log.warning(
+                "%s generation %d: only %d of %d candidates after max_tries=%d proposals (%s); "
+                "going on with these",
+                step,
+                gen,
+                len(proposals.candidates),
+                settings.num_candidates,
+                proposals.tried,
+                proposals.rejections(),
+            )
+        todo, finished = _record_candidates(store, step, gen, proposals.candidates)
+        todo += _orphans(space, step, gen, stored, proposals.candidates)
+        if todo:
+            _score_generation(store, step, gen, todo, payload, score, executor, key)
+        scores = [_score(r, key) for r in top_records(store, step, settings.top_k, key)]
+        origins = Counter(c.origin for c in proposals.candidates)
+        log.info(
+            "%s generation %d/%d: %d scored, %d already finished (%d mutation, %d crossover, "
+            "%d random; %s); best %s %.4f, top-%d mean %.4f",
+            step,
+            gen,
+            settings.max_epochs - 1,
+            len(todo),
+            finished,
+            origins["mutation"],
+            origins["crossover"],
+            origins["random"],
+            proposals.rejections(),
+            key,
+            scores[0] if scores else math.nan,
+            len(scores),
+            sum(scores) / len(scores) if scores else math.nan,
+        )
+    return top_records(store, step, None, key)
+
+
+def _score(rec: Record, score_key: str) -> float:
+    value = rec.metrics.get(score_key)
+    return -math.inf if value is None or math.isnan(value) else float(value)
+
+
+def _generation(rec: Record) -> int:
+    """The record's generation; records of other algorithms count as before generation 0."""
+    gen = rec.extra.get("generation")
+    return gen if isinstance(gen, int) else -1
+
+
+def _propose(
+    space: Space[G],
+    settings: EvolutionSettings,
+    gen: int,
+    earlier: list[Record],
+    stored: dict[str, Record],
+    cost: Callable[[G], Mapping[str, float]],
+    check_cost: CheckCost | None,
+    rng: random.Random,
+) -> _Proposals[G]:
+    """Generation ``gen``'s candidates, from ``earlier`` records only (same list on resume)."""
+    proposals: _Proposals[G] = _Proposals(
+        earlier={r.genotype for r in earlier},
+        stored={text: rec.cost for text, rec in stored.items()},
+        cost=lambda g: dict(cost(g)),
+        check_cost=check_cost,
+        max_tries=settings.max_tries,
+    )
+    if gen > 0:
+        done = sorted(
+            (r for r in earlier if r.status == "done"), key=lambda r: -_score(r, settings.score_key)
+        )
+        parents = [(r.id, space.parse(r.genotype)) for r in done[: settings.top_k]]
+
+        def mutant() -> tuple[G, tuple[int, ...]]:
+            pid, g = rng.choice(parents)
+            return space.mutate(g, rng, settings.mutate_prob), (pid,)
+
+        def child() -> tuple[G, tuple[int, ...]]:
+            (ia, a), (ib, b) = rng.sample(parents, 2)
+            return space.crossover(a, b, rng, settings.crossover_prob), (ia, ib)
+
+        # mutants and crossovers may use half the tries at most, in proportion to their counts:
+        # near convergence most are duplicates, and random samples must still fill the population
+        share = settings.max_tries / (2 * settings.num_candidates)
+        if parents:
+            tries = max(1, int(share * settings.num_mutation))
+            proposals.fill(mutant, "mutation", settings.num_mutation, tries)
+        if len(parents) >= 2:
+            tries = max(1, int(share * settings.num_crossover))
+            proposals.fill(child, "crossover", settings.num_crossover, tries)
+    missing = settings.num_candidates - len(proposals.candidates)
+    proposals.fill(lambda: (space.sample(rng), ()), "random", missing)
+    return proposals
+
+
+def _record_candidates(
+    store: RecordStore, step: str, gen: int, candidates: list[_Candidate[G]]
+) -> tuple[list[tuple[int, _Candidate[G]]], int]:
+    """Store the candidates (a resumed run finds them stored); return the pending ones with their
+    record ids, and how many are already finished (done or failed)."""
+    todo: list[tuple[int, _Candidate[G]]] = []
+    finished = 0
+    for cand in candidates:
+        extra: dict[str, Any] = {"generation": gen, "origin": cand.origin}
+        if cand.origin == "crossover":
+            extra["parents"] = list(cand.parents)
+        rec = store.add(
+            step,
+            cand.text,
+            parent_id=cand.parents[0] if cand.parents else None,
+            cost=cand.cost,
+            extra=extra,
+            exist_ok=True,
+        )
+        if _generation(rec) != gen:  # only a store of a run with other settings or seed
+            log.warning(
+                "%s generation %d: %s is already record #%d of generation %s; not scored again",
+                step,
+                gen,
+                cand.text,
+                rec.id,
+                rec.extra.get("generation"),
+            )
+        elif rec.status == "pending":
+            todo.append((rec.id, cand))
+        else:
+            finished += 1
+    return todo, finished
+
+
+def _orphans(
+    space: Space[G], step: str, gen: int, stored: dict[str, Record], candidates: list[_Candidate[G]]
+) -> list[tuple[int, _Candidate[G]]]:
+    """Pending records of generation ``gen`` the regenerated list lacks: possible on resume only
+    when ``cost`` is not reproducible (measured latency). They are scored all the same."""
+    listed = {c.text for c in candidates}
+    orphans = [r for r in stored.values() if r.status == "pending" and r.genotype not in listed]
+    if orphans:
+        log.warning(
+            "%s generation %d: %d pending candidate(s) not regenerated on resume (is the cost "
+            "reproducible?); scoring them all the same",
+            step,
+            gen,
+            len(orphans),
+        )
+    return [
+        (r.id, _Candidate(space.parse(r.genotype), r.genotype, r.cost, r.extra.get("origin", "")))
+        for r in orphans
+    ]
+
+
+def _score_generation(
+    store: RecordStore,
+    step: str,
+    gen: int,
+    todo: list[tuple[int, _Candidate[G]]],
+    payload: Callable[[G], dict[str, Any]],
+    score: Callable[[dict[str, Any]], dict[str, Any]],
+    executor: Executor,
+    score_key: str,
+) -> None:
+    """Score the pending candidates in one executor run, committing each outcome as it comes."""
+
+    def tasks() -> Iterator[Task]:
+        for rid, cand in todo:
+            if store.claim(rid):
+                yield Task(rid, {**payload(cand.genotype), "genotype": cand.text})
+
+    outcomes = executor.run(score, tasks())
+    bar = tqdm(total=len(todo), desc=f"{step} generation {gen}", leave=False, disable=None)
+    try:
+        for outcome in outcomes:
+            _commit(store, step, outcome, score_key)
+            bar.update()
+    finally:
+        bar.close()
+        close = getattr(outcomes, "close", None)
+        if callable(close):  # cancels tasks still in flight after an error
+            close()
+
+
+def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> None:
+    rid = outcome.record_id
+    if not outcome.ok:
+        store.fail(rid, outcome.error or "failed")
+        log.warning("%s #%d failed: %s", step, rid, outcome.error)
+        return
+    result = outcome.result
+    try:
+        if not isinstance(result.get("metrics"), Mapping):
+            raise ValueError("the score function returned no 'metrics' dict")
+        rec = store.finish(
+            rid, result["metrics"], weights_path=result.get("weights_path"), cost=result.get("cost")
+        )
+    except ValueError as exc:
+        store.fail(rid, f"bad score result: {exc}")
+        log.warning("%s #%d failed: bad score result: %s", step, rid, exc)
+        return
+    if score_key not in rec.metrics:
+        raise ConfigError(
+            f"evolution: score_key {score_key!r} is not among the metrics the score function "
+            f"returned ({', '.join(sorted(rec.metrics)) or 'none'}); set score_key to one of them"
+        )
+    log.info("%s #%d %s done: %s %.4f", step, rid, rec.genotype, score_key, rec.metrics[score_key])
+
+
+def _infeasible_message(proposals: _Proposals[Any], constraints_text: str) -> str:
+    """One line: how many were tried, the cheapest value of each constrained key, the reason."""
+    parts = [constraints_text.strip()] if constraints_text.strip() else []
+    keys = _constrained_keys(list(proposals.cheapest), constraints_text)
+    if keys:
+        cheapest = ", ".join(f"{k} {_num(proposals.cheapest[k])}" for k in keys)
+        parts.append(f"cheapest seen: {cheapest}")
+    if proposals.reasons:
+        reason, count = proposals.reasons.most_common(1)[0]
+        parts.append(f"most common reason: {reason} ({count} of {proposals.tried})")
+    detail = f" ({'; '.join(parts)})" if parts else ""
+    message = (
+        f"no architecture of {proposals.tried} sampled satisfies the constraints{detail} — "
+        "loosen search.constraints"
+    )
+    return " ".join(message.split())
+
+
+def _constrained_keys(keys: list[str], text: str) -> list[str]:
+    """Cost keys named in the constraints text (``flops`` in ``flops <= 3e8``, else in
+    ``max_flops``); all of them when it names none."""
+    exact = [k for k in keys if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", text)]
+    loose = [k for k in keys if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", text)]
+    return exact or loose or sorted(keys)
+
+
+def _num(value: float) -> str:
+    """``2100000.0`` as ``2.1e6``, ``12.0`` as ``12``."""
+    return re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{value:.3g}")
