@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,29 @@ def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> nn.Modu
             norm_layer=FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d,
             levels=cfg.levels or [lv for lv in code.levels if lv >= 3],
         )
+    elif cfg.name in ("shufflenet_nas", "shufflenet_supernet"):
+        body = _shufflenet(cfg)
     else:
         body = BASELINES[cfg.name](width_mult=cfg.width_mult, levels=tuple(cfg.levels or (3, 4, 5)))
     if load_weights and cfg.weights is not None:
         load_backbone_weights(body, cfg.weights)
     return body
+
+
+def _shufflenet(cfg: BackboneConfig) -> nn.Module:
+    """DetNAS's ShuffleNetV2: a static subnet (``shufflenet_nas``, ``code``) or the supernet."""
+    from nasdet.models.shufflenet import ShuffleNetV2Backbone, ShuffleNetV2Supernet, stage_widths
+    from nasdet.spaces.shufflenet import STAGE_CHANNELS, STAGE_DEPTHS, STEM_CHANNELS, ShuffleNetCode
+
+    widths = stage_widths(cfg.width_mult, tuple(cfg.widths or STAGE_CHANNELS))
+    # the stem scales too (a stride-2 unit must widen: stage 1 is wider than the stem)
+    stem = min(STEM_CHANNELS, stage_widths(cfg.width_mult, (STEM_CHANNELS,))[0])
+    levels = tuple(cfg.levels or (3, 4, 5))
+    if cfg.name == "shufflenet_nas":
+        code = ShuffleNetCode.parse(cfg.code or "")
+        return ShuffleNetV2Backbone(code, widths=widths, stem_channels=stem, levels=levels)
+    depths = tuple(cfg.depths or STAGE_DEPTHS)
+    return ShuffleNetV2Supernet(depths=depths, widths=widths, stem_channels=stem, levels=levels)
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True) -> nn.Module:
@@ -204,12 +223,20 @@ def make_trainer(
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
     tensorboard: bool | None = None,
     fingerprint: str = "",
+    before_step: Callable[[int], None] | None = None,
+    find_unused_parameters: bool = False,
 ) -> Trainer:
     """A :class:`~nasdet.engine.train.Trainer` with the optimizer and per-iteration schedule of
-    ``cfg.train`` (``epochs`` and ``lr * lr_scale`` may be overridden, e.g. for candidates)."""
+    ``cfg.train`` (``epochs`` and ``lr * lr_scale`` may be overridden, e.g. for candidates).
+
+    Under ``torchrun`` (DDP) ``train.batch_size`` is per process: each of the N processes runs
+    1/N of the iterations, and the schedule is laid out over those."""
+    from nasdet.engine.distributed import current
+
     t = cfg.train
     epochs = epochs or t.epochs
-    iters = -(-len(train_set) // t.batch_size)
+    world = current().world_size
+    iters = math.ceil(math.ceil(len(train_set) / world) / t.batch_size)
     optimizer = make_optimizer(
         model, t.optimizer, lr=t.lr * lr_scale, momentum=t.momentum, weight_decay=t.weight_decay
     )
@@ -240,4 +267,6 @@ def make_trainer(
         eval_every=t.eval_every,
         tensorboard=t.tensorboard if tensorboard is None else tensorboard,
         fingerprint=fingerprint,
+        before_step=before_step,
+        find_unused_parameters=find_unused_parameters,
     )

@@ -53,9 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("run", help="run a search pipeline (SP-NAS steps) from a config")
+    r = sub.add_parser("run", help="run a search pipeline (SP-NAS or DetNAS) from a config")
     r.add_argument("config", type=Path)
     r.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    r.add_argument(
+        "--steps",
+        help="comma-separated steps to run (default: the config's pipeline), e.g. supernet_train",
+    )
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("evaluate", help="COCO metrics of a results file, or of a model file")
@@ -89,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--min-size", type=int, default=800)
     v.add_argument("--max-size", type=int, default=1333)
     v.set_defaults(func=cmd_convert)
+
+    x = sub.add_parser("export", help="a standalone subnet of a DetNAS supernet model file")
+    x.add_argument("supernet", type=Path, help="supernet model file (output/supernet_train/)")
+    x.add_argument(
+        "--genotype",
+        required=True,
+        help="a code (e.g. 3573-5x77-33x3x357-7x33) or a subnet YAML file the search wrote",
+    )
+    x.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="make or check datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -125,11 +139,15 @@ def _parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     from nasdet.config import load_config
+    from nasdet.engine.distributed import init_distributed
     from nasdet.pipeline import train_step
 
     cfg = load_config(args.config)
     out = args.out or Path("runs") / args.config.stem
+    dist = init_distributed()  # under torchrun: DDP, one process per device
     result = train_step(cfg, out, resume=args.resume)
+    if not dist.is_main:
+        return 0
     _print_metrics(f"validation metrics ({result.params:,} parameters)", result.metrics)
     print(f"model:   {result.model_path}")
     print(f"metrics: {out / 'metrics.json'}")
@@ -142,9 +160,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nasdet.runconfig import load_run_config
 
     cfg = load_run_config(args.config)
+    if args.steps:
+        from nasdet.config import parse_config
+
+        raw = {**cfg.model_dump(mode="json"), "pipeline": args.steps.split(",")}
+        cfg = parse_config(raw, source=f"{args.config} (--steps)", schema=type(cfg))
     out = args.out or Path("runs") / args.config.stem
     result = run_pipeline(cfg, out)
     rec = result.final
+    if rec is None:  # a step that produces no model (e.g. supernet_train alone)
+        print(f"steps done: {', '.join(cfg.steps)}   (records: {out / 'records.sqlite'})")
+        return 0
     _print_metrics(
         f"winner {rec.genotype} ({rec.cost.get('params', 0):,.0f} parameters)",
         {k: v for k, v in rec.metrics.items() if k in ("mAP", "AP50", "AP75", "AR100")},
@@ -234,6 +260,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
         f"wrote {path}: Faster R-CNN on SerialBackbone('{arch['backbone']['code']}'), "
         f"{count_params(model):,} parameters, {len(categories)} classes"
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import nasdet
+    from nasdet.config import ModelConfig
+    from nasdet.cost import count_params
+    from nasdet.errors import ConfigError
+    from nasdet.models.export import export_subnet
+    from nasdet.models.io import read_model_file, save_model
+    from nasdet.spaces.shufflenet import ShuffleNetCode
+
+    arch = ModelConfig.model_validate(read_model_file(args.supernet)["architecture"])
+    if arch.backbone.name != "shufflenet_supernet":
+        raise ConfigError(f"{args.supernet}: not a supernet model file ({arch.backbone.name})")
+    try:
+        text = Path(args.genotype)
+        if text.suffix in (".yaml", ".yml") and text.is_file():
+            code = ShuffleNetCode.from_yaml(text.read_text())
+        else:
+            code = ShuffleNetCode.parse(args.genotype)
+    except ValueError as e:
+        raise ConfigError(f"--genotype: {e}") from None
+    supernet = nasdet.load_model(args.supernet)
+    model, sub = export_subnet(supernet, arch, code, len(supernet.categories) + 1)
+    path = save_model(
+        args.out,
+        model,
+        architecture=sub.model_dump(mode="json"),
+        categories=supernet.categories,
+        cat_ids=supernet.cat_ids,
+        meta={"from_supernet": str(args.supernet), "genotype": str(code)},
+    )
+    print(f"wrote {path}: subnet {code}, {count_params(model):,} parameters")
+    print("(BN statistics are the supernet's; the search's own exports are recalibrated)")
     return 0
 
 

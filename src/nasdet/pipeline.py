@@ -27,7 +27,7 @@ from nasdet.cost import count_params
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.models.io import save_model
-from nasdet.runconfig import RunConfig, substitute
+from nasdet.runconfig import DetNASRunConfig, RunConfig, substitute
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,15 @@ def config_fingerprint(cfg: Config) -> str:
 
 def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
     """Train and evaluate the detector of ``cfg``; outputs go to ``out_dir``."""
+    from nasdet.engine.distributed import current
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    )
+    main = current().is_main  # under torchrun, rank 0 evaluates and writes the files
+    if main:
+        (out_dir / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg.data, seed=cfg.seed)
     device = resolve_device(cfg.train.device)
@@ -78,8 +82,10 @@ def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> Tra
         seconds,
         time.perf_counter() - start,
     )
-    metrics = history[-1]["val"]
     params = count_params(model)
+    if not main:
+        return TrainResult(out_dir, out_dir / "model.pt", {}, params, seconds)
+    metrics = history[-1]["val"]
     model_path = save_model(
         out_dir / "model.pt",
         model.cpu(),
@@ -111,8 +117,11 @@ class RunResult:
     report: Path | None
 
 
-def run_pipeline(cfg: RunConfig, out_dir: str | Path) -> RunResult:
-    """Run the SP-NAS steps of ``cfg`` in order into ``out_dir``; resumes what a kill stopped."""
+def run_pipeline(cfg: RunConfig | DetNASRunConfig, out_dir: str | Path) -> RunResult:
+    """Run the steps of ``cfg`` (SP-NAS or DetNAS) in order into ``out_dir``; resumes what a
+    kill stopped."""
+    if isinstance(cfg, DetNASRunConfig):
+        return _run_detnas(cfg, Path(out_dir))
     from nasdet import spnas
     from nasdet.search.executors import make_executor
     from nasdet.search.records import RecordStore
@@ -173,6 +182,51 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path) -> RunResult:
         },
     )
     return RunResult(out, final, report)
+
+
+def _run_detnas(cfg: DetNASRunConfig, out: Path) -> RunResult:
+    from nasdet import detnas
+    from nasdet.engine.distributed import current
+    from nasdet.report import write_report
+    from nasdet.search.records import RecordStore
+
+    out.mkdir(parents=True, exist_ok=True)
+    if current().is_main:
+        (out / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+    final, baseline, steps = detnas.run(cfg, out)
+    if final is None or not current().is_main:
+        return RunResult(out, final, None)
+    store = RecordStore(out / "records.sqlite")
+    shown = [s for s in steps if s in ("evolution_search", "subnet_train")]
+    objectives = cfg.evolution_search.objective_keys if cfg.evolution_search else ["mAP"]
+    report = write_report(
+        out,
+        store,
+        steps=shown,
+        objectives=objectives,
+        baseline=baseline and {"name": f"hand-crafted {baseline.genotype}", **baseline.values()},
+        winner_id=final.id,
+        title="nasdet DetNAS",
+    )
+    _write_json(
+        out / "result.json",
+        {
+            "winner": final.genotype,
+            "record": final.id,
+            "metrics": final.metrics,
+            "cost": final.cost,
+            "model": final.weights_path,
+            "baseline": None if baseline is None else _summary(baseline),
+            "report": str(report),
+        },
+    )
+    return RunResult(out, final, report)
+
+
+def _summary(rec: Any) -> dict[str, Any]:
+    return {"genotype": rec.genotype, "metrics": rec.metrics, "cost": rec.cost}
 
 
 def _required(store: Any, step: str) -> Any:

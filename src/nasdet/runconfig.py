@@ -39,7 +39,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from nasdet.config import Config, Strict, load_config
+from nasdet.config import Config, Strict, parse_config, read_yaml
+from nasdet.errors import ConfigError
 
 STEP_NAMES = ("fine_tune", "serial", "reignition", "parallel", "fully_train")
 DETECTORS = {"FasterRCNN": "fasterrcnn", "RetinaNet": "retinanet", "FCOS": "fcos"}
@@ -144,6 +145,7 @@ class SearchSettings(Strict):
 
 
 class RunConfig(Config):
+    method: Literal["spnas"] = Field("spnas", description="the search method of this run config")
     search: SearchSettings = Field(default_factory=SearchSettings)
     pipeline: list[Literal[STEP_NAMES]] | None = Field(  # type: ignore[valid-type]
         None, description="steps to run, in order (default: every step section given)"
@@ -169,9 +171,133 @@ class RunConfig(Config):
         return [n for n in STEP_NAMES if getattr(self, n) is not None]
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config; :class:`ConfigError` (one line) on any mistake."""
-    return load_config(path, RunConfig)
+def load_run_config(path: str | Path) -> RunConfig | DetNASRunConfig:
+    """Read and validate a run config (``method: spnas``, the default, or ``method: detnas``);
+    :class:`ConfigError` (one line) on any mistake."""
+    path = Path(path)
+    raw = read_yaml(path)
+    method = raw.get("method", "spnas")
+    if method == "detnas":
+        return parse_config(raw, source=str(path), schema=DetNASRunConfig)
+    if method != "spnas":
+        raise ConfigError(f"{path}: method: unknown method {method!r} — expected spnas or detnas")
+    return parse_config(raw, source=str(path), schema=RunConfig)
+
+
+# ----------------------------------------------------------------------------- DetNAS
+DETNAS_STEPS = ("supernet_pretrain", "supernet_train", "evolution_search", "subnet_train")
+
+
+class Limits(Strict):
+    """Resource limits of one part of the model (at ``constraints.input_size``)."""
+
+    max_params: int | None = Field(None, ge=1)
+    max_flops: float | None = Field(None, gt=0, description="FLOPs (2 per multiply-add)")
+    max_latency_ms: float | None = Field(None, gt=0, description="median latency, batch 1, CPU")
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.max_params, self.max_flops, self.max_latency_ms))
+
+
+class DetNASConstraints(Strict):
+    input_size: int | None = Field(
+        None,
+        ge=16,
+        description="square input size the FLOPs/latency limits refer to (default: model.min_size)",
+    )
+    backbone: Limits = Field(default_factory=Limits)
+    detector: Limits = Field(default_factory=Limits)
+
+
+class SupernetPretrain(Strict):
+    """Step 1 (optional): the supernet backbone as a classifier, one sampled path per step."""
+
+    epochs: int = Field(3, ge=1)
+    data: Path | None = Field(
+        None, description="ImageFolder root (train/, val/); null: the bundled digits variant"
+    )
+    lr: float = Field(0.05, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    image_size: int = Field(32, ge=8)
+
+
+class SupernetTrain(Strict):
+    """Step 2: the supernet inside the detector on the detection data (SPOS sampling)."""
+
+    epochs: int | None = Field(None, ge=1, description="default: train.epochs")
+
+
+class EvolutionSearch(Strict):
+    """Step 3: evolution search on the trained supernet (MMRazor EvolutionSearchLoop keys)."""
+
+    num_candidates: int = Field(50, ge=2, description="population of each generation")
+    top_k: int = Field(10, ge=1)
+    num_mutation: int = Field(25, ge=0)
+    mutate_prob: float = Field(0.1, ge=0.0, le=1.0)
+    num_crossover: int = Field(25, ge=0)
+    crossover_prob: float = Field(0.5, ge=0.0, le=1.0)
+    max_epochs: int = Field(20, ge=1, description="generations")
+    max_tries: int = Field(1000, ge=1, description="proposals tried per generation, at most")
+    bn_mode: Literal["recalibrate", "train", "none"] = Field(
+        "recalibrate",
+        description="recalibrate: BN statistics re-estimated per candidate on training images; "
+        "train: BN uses batch statistics while scoring (MMRazor); none: the supernet's",
+    )
+    calibrate_samples: int = Field(256, ge=1)
+    constraints: DetNASConstraints = Field(default_factory=DetNASConstraints)
+    objective_keys: list[str] = Field(
+        ["mAP", "backbone_flops"], description="the Pareto front reported (score: the first)"
+    )
+    executor: Literal["inprocess", "ray"] = "inprocess"
+    address: str | None = Field(None, description="Ray cluster address (None: local instance)")
+    workers: int | None = Field(None, ge=1, description="candidates scored at once")
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+
+
+class SubnetTrain(Strict):
+    """Steps 4-5: retrain the exported subnet (optional classification pre-training, then
+    detection training from scratch) and, with ``baseline``, the hand-crafted ShuffleNetV2
+    (every block 3x3) of the same widths with the same budget."""
+
+    genotype: str | None = Field(None, description="train this code instead of the best found")
+    pretrain_epochs: int = Field(0, ge=0, description="classification epochs first (0: none)")
+    epochs: int | None = Field(None, ge=1, description="detection epochs (default train.epochs)")
+    baseline: bool = Field(True, description="also train the hand-crafted ShuffleNetV2")
+
+
+class DetNASRunConfig(Config):
+    """A DetNAS run: ``model.backbone.name: shufflenet_supernet`` and the steps below."""
+
+    method: Literal["detnas"]
+    pipeline: list[Literal[DETNAS_STEPS]] | None = Field(  # type: ignore[valid-type]
+        None, description="steps to run, in order (default: every step section given)"
+    )
+    supernet_pretrain: SupernetPretrain | None = None
+    supernet_train: SupernetTrain | None = Field(default_factory=SupernetTrain)
+    evolution_search: EvolutionSearch | None = Field(default_factory=EvolutionSearch)
+    subnet_train: SubnetTrain | None = Field(default_factory=SubnetTrain)
+
+    @model_validator(mode="after")
+    def _detnas(self) -> DetNASRunConfig:
+        if self.model.backbone.name != "shufflenet_supernet":
+            raise ValueError(
+                "detnas searches a ShuffleNetV2 supernet: set model.backbone.name to "
+                f"shufflenet_supernet (got {self.model.backbone.name})"
+            )
+        if self.model.detector not in ("fasterrcnn", "retinanet", "fcos"):
+            raise ValueError("detnas: model.detector must be fasterrcnn, retinanet or fcos")
+        for name in self.steps:
+            if getattr(self, name) is None:
+                raise ValueError(f"pipeline names step '{name}' but the config has no {name}:")
+        return self
+
+    @property
+    def steps(self) -> list[str]:
+        """The steps to run, in order."""
+        if self.pipeline is not None:
+            return list(self.pipeline)
+        return [n for n in DETNAS_STEPS if getattr(self, n) is not None]
 
 
 def substitute(path: str | None, out_dir: Path) -> Path | None:

@@ -8,6 +8,7 @@ away afterwards and the backbone keeps its new weights.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,9 +62,11 @@ def pretrain_backbone(
     image_size: int = 32,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    before_step: Callable[[int], None] | None = None,
 ) -> float:
     """Train ``backbone`` in place as a classifier on ``root``; returns val top-1 accuracy
-    (fraction). SGD with momentum, cosine schedule per iteration."""
+    (fraction). SGD with momentum, cosine schedule per iteration. ``before_step(step)`` is
+    called before each training step (0-based; a supernet samples its path there)."""
     device = torch.device(device)
     train_set = image_folder(root, "train", image_size, train=True)
     val_set = image_folder(root, "val", image_size, train=False)
@@ -76,10 +79,14 @@ def pretrain_backbone(
         opt, "cosine", total_iters=epochs * len(loader), warmup_iters=min(50, len(loader))
     )
     loss_fn = nn.CrossEntropyLoss()
+    step = 0
     for epoch in range(epochs):
         model.train()
         total = 0.0
         for images, labels in loader:
+            if before_step is not None:
+                before_step(step)
+            step += 1
             loss = loss_fn(model(images.to(device)), labels.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

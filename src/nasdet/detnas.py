@@ -1,0 +1,393 @@
+"""DetNAS as pipeline steps: supernet_pretrain -> supernet_train -> evolution_search ->
+subnet_train.
+
+1. ``supernet_pretrain`` (optional): the ShuffleNetV2 supernet backbone as a classifier on an
+   ImageFolder set (the bundled digits variant by default), one uniformly sampled path per step.
+2. ``supernet_train``: the supernet inside the detector on the detection data, one path per step
+   (SPOS); the path depends only on (seed, step), so every DDP rank trains the same path and a
+   resumed run continues bit for bit. Runs under ``torchrun`` (DDP) as well.
+3. ``evolution_search``: evolution on the trained supernet; each candidate is scored on the search
+   split after BN recalibration; constraints on the backbone and the whole detector are checked
+   before scoring. The best subnet and every Pareto member are exported as standalone detectors.
+4. ``subnet_train``: the best subnet (and the hand-crafted ShuffleNetV2 of the same widths, for
+   comparison) trained with the same budget and evaluated on the validation split.
+
+Everything is recorded in ``DIR/records.sqlite``; each step writes ``DIR/output/<step>/``;
+re-running the same command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import nasdet
+from nasdet.build import build_backbone, build_datasets, build_detector, make_trainer, num_classes
+from nasdet.config import Config
+from nasdet.engine.bn import recalibrate_detector_bn
+from nasdet.engine.classify import pretrain_backbone
+from nasdet.engine.distributed import current as dist_current
+from nasdet.engine.train import resolve_device
+from nasdet.errors import ConfigError
+from nasdet.models.export import export_subnet, subnet_architecture
+from nasdet.models.io import atomic_save, read_weights, save_model
+from nasdet.runconfig import DetNASRunConfig
+from nasdet.search.candidate import candidate_cost
+from nasdet.search.detnas import SubnetCost, check_limits, limits_text, load_supernet, score_subnet
+from nasdet.search.evolution import EvolutionSettings, InfeasibleConstraints, evolution_search
+from nasdet.search.executors import Executor, make_executor
+from nasdet.search.pareto import pareto_records, write_pareto_csv
+from nasdet.search.records import Record, RecordStore
+from nasdet.spaces.shufflenet import ShuffleNetCode, ShuffleNetSpace, handcrafted
+
+log = logging.getLogger(__name__)
+SUPERNET = "supernet"  # genotype of the supernet's records
+
+
+def base_config(cfg: DetNASRunConfig) -> dict[str, Any]:
+    """The training part of a run config as plain data."""
+    return cfg.model_dump(mode="json", include=set(Config.model_fields))
+
+
+@dataclass(frozen=True)
+class PathSampler:
+    """``before_step`` hook of supernet training: a uniform path from (seed, step) alone."""
+
+    supernet: nn.Module
+    seed: int
+
+    def __call__(self, step: int) -> None:
+        self.supernet.sample_active_subnet(random.Random(self.seed * 1_000_003 + step))
+
+
+def _done(store: RecordStore, step: str, genotype: str) -> Record | None:
+    found = store.find(step, genotype)
+    return found if found is not None and found.status == "done" else None
+
+
+def _commit(
+    store: RecordStore, step: str, genotype: str, metrics: dict, weights: Path, **kw: Any
+) -> Record:
+    rec = store.find(step, genotype) or store.add(step, genotype, extra=kw.pop("extra", None))
+    if rec.status != "running":
+        store.reset_running(step)
+        store.claim(rec.id)
+    return store.finish(rec.id, metrics, weights_path=str(weights), **kw)
+
+
+# ----------------------------------------------------------------------------- steps 1-2
+def supernet_pretrain(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
+    """Step 1: classification pre-training of the supernet backbone; its state dict's path."""
+    step = cfg.supernet_pretrain
+    assert step is not None
+    dest = out / "output" / "supernet_pretrain" / "backbone.pth"
+    if _done(store, "supernet_pretrain", SUPERNET) and dest.is_file():
+        return dest
+    body = build_backbone(cfg.model.backbone, load_weights=False)
+    acc = pretrain_backbone(
+        body,
+        _classification_root(cfg, step.data, out),
+        epochs=step.epochs,
+        batch_size=step.batch_size,
+        lr=step.lr,
+        image_size=step.image_size,
+        device=resolve_device(cfg.train.device),
+        seed=cfg.seed,
+        before_step=PathSampler(body, cfg.seed),
+    )
+    atomic_save(body.state_dict(), dest)
+    log.info("supernet_pretrain: top-1 %.3f (random paths)", acc)
+    _commit(store, "supernet_pretrain", SUPERNET, {"top1": acc}, dest)
+    return dest
+
+
+def _classification_root(cfg: DetNASRunConfig, root: Path | None, out: Path) -> Path:
+    if root is not None:
+        return root
+    from nasdet.data import make_digits_classification
+
+    root = out / "data" / "digits_cls"
+    if not (root / "train").is_dir():
+        make_digits_classification(root, seed=cfg.seed)
+    return root
+
+
+def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
+    """Step 2: train the supernet detector (DDP under torchrun); the supernet model file."""
+    from nasdet.pipeline import config_fingerprint
+
+    step_dir = out / "output" / "supernet_train"
+    dest = step_dir / "supernet.pth"
+    dist = dist_current()
+    if dist.is_main and _done(store, "supernet_train", SUPERNET) and dest.is_file():
+        return dest
+    torch.manual_seed(cfg.seed)
+    data = build_datasets(cfg.data, seed=cfg.seed)
+    model = build_detector(cfg.model, len(data.categories) + 1)
+    body = model.backbone.body
+    pretrained = out / "output" / "supernet_pretrain" / "backbone.pth"
+    if "supernet_pretrain" in cfg.steps and pretrained.is_file():
+        body.load_state_dict(read_weights(pretrained))
+        log.info("supernet_train: backbone from %s", pretrained)
+    assert cfg.supernet_train is not None
+    epochs = cfg.supernet_train.epochs or cfg.train.epochs
+    trainer = make_trainer(
+        model,
+        data.train,
+        cfg,
+        step_dir,
+        epochs=epochs,
+        fingerprint=config_fingerprint(cfg) + f"|supernet_train|{epochs}",
+        before_step=PathSampler(body, cfg.seed),
+        find_unused_parameters=True,
+    )
+    history = trainer.fit(resume=trainer.checkpoint_path.is_file())
+    if dist.is_main:
+        save_model(
+            dest,
+            model.cpu(),
+            architecture=cfg.model.model_dump(mode="json"),
+            categories=data.categories,
+            cat_ids=data.cat_ids,
+            meta={"epochs": epochs, "history": history},
+        )
+        loss = float(history[-1]["loss"]) if history else float("nan")
+        cost = {"params": float(sum(p.numel() for p in model.parameters()))}
+        _commit(store, "supernet_train", SUPERNET, {"train_loss": loss}, dest, cost=cost)
+    return dest
+
+
+# ----------------------------------------------------------------------------- step 3
+def evolution(
+    cfg: DetNASRunConfig, store: RecordStore, out: Path, supernet_path: Path, ex: Executor
+) -> list[Record]:
+    """Step 3: the evolution search; returns the scored records, best first. The cheapest
+    architecture of the space is checked against the constraints first (the hand-crafted 3x3
+    network: every other choice costs more), so impossible limits fail at once."""
+    step = cfg.evolution_search
+    assert step is not None
+    c = step.constraints
+    size = c.input_size or cfg.model.min_size
+    cost = SubnetCost(
+        cfg.model,
+        num_classes(cfg.data),
+        size,
+        backbone_latency=c.backbone.max_latency_ms is not None,
+        detector_latency=c.detector.max_latency_ms is not None,
+    )
+    check = check_limits(c.backbone, c.detector)
+    space = ShuffleNetSpace(depths=tuple(cfg.model.backbone.depths or handcrafted().depths))
+    cheapest = handcrafted(space.depths)
+    reason = check(cost(cheapest))
+    if reason:
+        raise InfeasibleConstraints(
+            f"evolution_search.constraints: no architecture can satisfy them — even the "
+            f"cheapest ({cheapest}, every block shuffle_3x3) has {reason} at input "
+            f"{size}x{size}; loosen the limits"
+        )
+    payload = {
+        "supernet": str(supernet_path),
+        "config": base_config(cfg),
+        "bn_mode": step.bn_mode,
+        "calibrate_samples": step.calibrate_samples,
+    }
+    settings = EvolutionSettings(
+        num_candidates=step.num_candidates,
+        top_k=step.top_k,
+        num_mutation=step.num_mutation,
+        mutate_prob=step.mutate_prob,
+        num_crossover=step.num_crossover,
+        crossover_prob=step.crossover_prob,
+        max_epochs=step.max_epochs,
+        max_tries=step.max_tries,
+        score_key=step.objective_keys[0],
+    )
+    records = evolution_search(
+        store,
+        "evolution_search",
+        space=space,
+        cost=cost,
+        check_cost=check,
+        payload=lambda g: dict(payload),
+        score=score_subnet,
+        executor=ex,
+        settings=settings,
+        seed=cfg.seed,
+        constraints_text=limits_text(c.backbone, c.detector),
+    )
+    if not records:
+        raise ConfigError("evolution_search: no candidate could be scored — see the log")
+    _export_front(cfg, store, out, supernet_path, records)
+    return records
+
+
+def _export_front(
+    cfg: DetNASRunConfig, store: RecordStore, out: Path, supernet_path: Path, records: list[Record]
+) -> None:
+    """``pareto.csv``, and for the best subnet and each Pareto member: ``subnet_<id>.yaml``
+    (genotype, MMRazor mutable_cfg layout) and ``subnet_<id>.pth`` (standalone detector with
+    the supernet's weights, BN recalibrated when the search recalibrates)."""
+    step = cfg.evolution_search
+    assert step is not None
+    step_dir = out / "output" / "evolution_search"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    write_pareto_csv(step_dir / "pareto.csv", records, step.objective_keys)
+    members = {r.id: r for r in pareto_records(records, step.objective_keys)}
+    members[records[0].id] = records[0]
+    supernet, data, pristine = load_supernet(str(supernet_path), json.dumps(base_config(cfg)))
+    ncls = len(data.categories) + 1
+    for rec in members.values():
+        dest = step_dir / f"subnet_{rec.id}.pth"
+        code = ShuffleNetCode.parse(rec.genotype)
+        (step_dir / f"subnet_{rec.id}.yaml").write_text(code.to_yaml())
+        if dest.is_file():
+            continue
+        supernet.load_state_dict(pristine, strict=False)
+        supernet.backbone.body.set_active_subnet(code)
+        if step.bn_mode == "recalibrate":
+            recalibrate_detector_bn(
+                supernet, data.train, num_samples=step.calibrate_samples, seed=cfg.seed
+            )
+        model, arch = export_subnet(supernet, cfg.model, code, ncls)
+        save_model(
+            dest,
+            model,
+            architecture=arch.model_dump(mode="json"),
+            categories=data.categories,
+            cat_ids=data.cat_ids,
+            meta={"metrics": rec.metrics, "cost": rec.cost, "from_supernet": str(supernet_path)},
+        )
+    best = records[0]
+    (step_dir / "best_subnet.yaml").write_text(ShuffleNetCode.parse(best.genotype).to_yaml())
+    log.info("evolution_search: best %s (mAP %.4f) -> %s", best.genotype,
+             best.metrics.get("mAP", float("nan")), step_dir / f"subnet_{best.id}.pth")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- steps 4-5
+def subnet_train(
+    cfg: DetNASRunConfig, store: RecordStore, out: Path, best: Record | None
+) -> tuple[Record, Record | None]:
+    """Steps 4-5: train the chosen subnet (and the hand-crafted baseline) with the same budget:
+    optional classification pre-training of the backbone, then detection training on all
+    training images, scored on val. Returns (searched, baseline or None)."""
+    step = cfg.subnet_train
+    assert step is not None
+    if step.genotype is not None:
+        code = ShuffleNetCode.parse(step.genotype)
+    elif best is not None:
+        code = ShuffleNetCode.parse(best.genotype)
+    else:
+        raise ConfigError(
+            "subnet_train: no searched subnet in this --out directory — run evolution_search "
+            "first or set subnet_train.genotype"
+        )
+    searched = _train_subnet(cfg, store, out, code, "searched", best.id if best else None)
+    baseline = None
+    hand = handcrafted(code.depths)
+    if step.baseline and hand != code:
+        baseline = _train_subnet(cfg, store, out, hand, "baseline", None)
+    return searched, baseline
+
+
+def _train_subnet(
+    cfg: DetNASRunConfig,
+    store: RecordStore,
+    out: Path,
+    code: ShuffleNetCode,
+    role: str,
+    parent_id: int | None,
+) -> Record:
+    from nasdet.pipeline import train_step
+
+    step = cfg.subnet_train
+    assert step is not None
+    found = _done(store, "subnet_train", str(code))
+    if found is not None:
+        return found
+    run_dir = out / "output" / "subnet_train" / role
+    arch = subnet_architecture(cfg.model, code)
+    if step.pretrain_epochs:
+        weights = run_dir / "backbone_pretrained.pth"
+        if not weights.is_file():
+            body = build_backbone(arch.backbone, load_weights=False)
+            acc = pretrain_backbone(
+                body,
+                _classification_root(cfg, None, out),
+                epochs=step.pretrain_epochs,
+                device=resolve_device(cfg.train.device),
+                seed=cfg.seed,
+            )
+            log.info("subnet_train %s: classification top-1 %.3f", role, acc)
+            atomic_save(body.state_dict(), weights)
+        arch = arch.model_copy(
+            update={"backbone": arch.backbone.model_copy(update={"weights": weights})}
+        )
+    config = base_config(cfg)
+    config["data"]["search_fraction"] = 0.0
+    config["model"] = arch.model_dump(mode="json")
+    if step.epochs:
+        config["train"]["epochs"] = step.epochs
+    train_cfg = Config.model_validate(config)
+    rec = store.find("subnet_train", str(code)) or store.add(
+        "subnet_train", str(code), parent_id=parent_id, extra={"role": role}
+    )
+    store.reset_running("subnet_train")
+    store.claim(rec.id)
+    result = train_step(train_cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file())
+    cost = candidate_cost(nasdet.load_model(result.model_path), cfg.model.min_size)
+    log.info("subnet_train %s %s: val mAP %.4f", role, code, result.metrics["mAP"])
+    return store.finish(rec.id, result.metrics, weights_path=str(result.model_path), cost=cost)
+
+
+# ----------------------------------------------------------------------------- the run
+def run(cfg: DetNASRunConfig, out: Path) -> tuple[Record | None, Record | None, list[str]]:
+    """Run the DetNAS steps of ``cfg`` into ``out``; returns (final record, baseline record,
+    steps run). Under ``torchrun`` only ``supernet_train`` may run (DDP)."""
+    from nasdet.engine.distributed import init_distributed
+
+    dist = init_distributed()
+    if dist.world_size > 1 and cfg.steps != ["supernet_train"]:
+        raise ConfigError(
+            "under torchrun only the supernet_train step runs (DDP): pass --steps "
+            "supernet_train, then run the other steps without torchrun"
+        )
+    store = RecordStore(out / "records.sqlite")
+    s = cfg.evolution_search
+    ex = make_executor(
+        s.executor if s else "inprocess",
+        **(
+            {"address": s.address, "max_workers": s.workers, "num_gpus_per_task": s.gpus_per_worker}
+            if s and s.executor == "ray"
+            else {}
+        ),
+    )
+    final: Record | None = None
+    baseline: Record | None = None
+    records: list[Record] = []
+    supernet_path = out / "output" / "supernet_train" / "supernet.pth"
+    with ex:
+        for name in cfg.steps:
+            log.info("== step %s ==", name)
+            if name == "supernet_pretrain":
+                supernet_pretrain(cfg, store, out)
+            elif name == "supernet_train":
+                supernet_path = supernet_train(cfg, store, out)
+            elif name == "evolution_search":
+                if not supernet_path.is_file():
+                    raise ConfigError(
+                        f"evolution_search: {supernet_path} not found — run supernet_train first"
+                    )
+                records = evolution(cfg, store, out, supernet_path, ex)
+                final = records[0]
+            else:
+                done = [r for r in store.records("evolution_search", status="done")]
+                best = max(done, key=lambda r: r.metrics.get("mAP", 0.0), default=None)
+                final, baseline = subnet_train(cfg, store, out, best)
+    return final, baseline, cfg.steps

@@ -1,0 +1,134 @@
+"""DetNAS candidate scoring and cost on a trained supernet.
+
+:func:`score_subnet` runs in an executor (in-process or a Ray worker): it loads the supernet once
+per process, sets the candidate's path, recalibrates BN on training images and scores the path on
+the search split. :class:`SubnetCost` measures the standalone subnet (backbone and whole
+detector) before it is scored; :func:`check_limits` turns the config's limits into the check.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import nasdet
+from nasdet.build import build_datasets, build_detector
+from nasdet.config import Config, ModelConfig
+from nasdet.cost import measure_latency
+from nasdet.engine.bn import recalibrate_detector_bn
+from nasdet.engine.evaluate import evaluate
+from nasdet.engine.train import resolve_device
+from nasdet.models.export import subnet_architecture
+from nasdet.runconfig import Limits
+from nasdet.search.candidate import candidate_cost
+from nasdet.spaces.shufflenet import ShuffleNetCode
+
+
+@functools.lru_cache(maxsize=2)
+def load_supernet(path: str, config_json: str) -> tuple[nn.Module, Any, dict[str, torch.Tensor]]:
+    """The supernet detector, the datasets and its pristine BN buffers (cached per process: a
+    worker scores many candidates of the same supernet). ``config_json``: a Config dump."""
+
+    cfg = Config.model_validate(json.loads(config_json))
+    model = nasdet.load_model(path, map_location="cpu")
+    data = build_datasets(cfg.data, seed=cfg.seed)
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    return model, data, buffers
+
+
+def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
+    """Score one subnet of a trained supernet (runs in an executor; plain data in and out).
+
+    Payload: ``supernet`` (model file), ``config`` (a Config dump), ``genotype``, ``bn_mode``
+    (recalibrate / train / none), ``calibrate_samples``. Returns ``metrics`` (COCO stats on the
+    search split, or val when there is none).
+    """
+    cfg = Config.model_validate(payload["config"])
+    model, data, pristine = load_supernet(payload["supernet"], json.dumps(payload["config"]))
+    model.load_state_dict(pristine, strict=False)  # BN statistics as trained, not as last scored
+    model.backbone.body.set_active_subnet(ShuffleNetCode.parse(payload["genotype"]))
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    mode = payload.get("bn_mode", "recalibrate")
+    if mode == "recalibrate":
+        recalibrate_detector_bn(
+            model,
+            data.train,
+            num_samples=int(payload["calibrate_samples"]),
+            batch_size=cfg.eval.batch_size,
+            device=device,
+            seed=cfg.seed,
+        )
+    scored_on = data.search if data.search is not None else data.val
+    metrics = evaluate(
+        model,
+        scored_on,
+        batch_size=cfg.eval.batch_size,
+        device=device,
+        backend=cfg.eval.backend,
+        bn_mode="train" if mode == "train" else "eval",
+    )
+    return {"metrics": metrics}
+
+
+@dataclass
+class SubnetCost:
+    """Params/FLOPs (and latency when a limit needs it) of a subnet, backbone and detector."""
+
+    supernet: ModelConfig
+    num_classes: int
+    input_size: int
+    backbone_latency: bool = False
+    detector_latency: bool = False
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, dict[str, float]] = {}
+
+    def __call__(self, code: ShuffleNetCode) -> dict[str, float]:
+        key = str(code)
+        if key not in self._cache:
+            arch = subnet_architecture(self.supernet, code)
+            model = build_detector(arch, self.num_classes, load_weights=False).eval()
+            cost = candidate_cost(model, self.input_size, latency=self.detector_latency)
+            if self.backbone_latency:
+                image = torch.rand(1, 3, self.input_size, self.input_size)
+                cost["backbone_latency_ms"] = measure_latency(
+                    model.backbone.body, image, min_run_time=0.3
+                ).median_ms
+            self._cache[key] = cost
+        return self._cache[key]
+
+
+def check_limits(backbone: Limits, detector: Limits) -> Any:
+    """A ``check_cost`` for :func:`evolution_search`: the first broken limit, or None."""
+    checks = [
+        ("backbone_params", backbone.max_params),
+        ("backbone_flops", backbone.max_flops),
+        ("backbone_latency_ms", backbone.max_latency_ms),
+        ("params", detector.max_params),
+        ("flops", detector.max_flops),
+        ("latency_ms", detector.max_latency_ms),
+    ]
+
+    def check(cost: dict[str, float]) -> str | None:
+        for key, limit in checks:
+            if limit is not None and cost.get(key, 0.0) > limit:
+                return f"{key} {cost[key]:,.4g} > {limit:,.4g}"
+        return None
+
+    return check
+
+
+def limits_text(backbone: Limits, detector: Limits) -> str:
+    parts = []
+    for where, lim in (("backbone_", backbone), ("", detector)):
+        for key, value in (("params", lim.max_params), ("flops", lim.max_flops),
+                           ("latency_ms", lim.max_latency_ms)):  # fmt: skip
+            if value is not None:
+                parts.append(f"{where}{key} <= {value:,.4g}")
+    return ", ".join(parts)

@@ -1,0 +1,256 @@
+"""`nasdet run` with a DetNAS config end to end on tiny data: steps, export/reload equality,
+constraints (feasible and impossible), resume after a kill, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_config
+
+import nasdet
+from nasdet import detnas
+from nasdet.cli import main
+from nasdet.data import make_digits_classification
+from nasdet.errors import ConfigError
+from nasdet.runconfig import DetNASRunConfig, load_run_config
+from nasdet.search.detnas import load_supernet
+from nasdet.search.records import RecordStore
+from nasdet.spaces.shufflenet import ShuffleNetCode
+
+
+@pytest.fixture(scope="module")
+def cls_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cls")
+    return make_digits_classification(root, per_class_train=4, per_class_val=2, size=32, seed=0)
+
+
+def detnas_config(digits_root: Path, cls_root: Path, **search: object) -> dict:
+    cfg = tiny_config(digits_root, epochs=1)
+    cfg["method"] = "detnas"
+    cfg["data"]["search_fraction"] = 0.25
+    cfg["model"] = {
+        "detector": "retinanet",
+        "backbone": {
+            "name": "shufflenet_supernet",
+            "width_mult": 0.25,
+            "depths": [1, 2, 2, 1],
+            "levels": [3, 4, 5],
+        },
+        "fpn_channels": 16,
+        "anchor_base": 2.0,
+        "min_size": 96,
+        "max_size": 96,
+    }
+    cfg["supernet_pretrain"] = {"epochs": 1, "data": str(cls_root), "batch_size": 16}
+    cfg["supernet_train"] = {"epochs": 1}
+    cfg["evolution_search"] = {
+        "num_candidates": 4,
+        "top_k": 2,
+        "num_mutation": 2,
+        "num_crossover": 1,
+        "max_epochs": 2,
+        "calibrate_samples": 8,
+        **search,
+    }
+    cfg["subnet_train"] = {"epochs": 1, "baseline": True}
+    return cfg
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "detnas.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_supernet(
+    digits_root: Path, cls_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A run directory whose supernet_train step is done (trained once for the module)."""
+    tmp = tmp_path_factory.mktemp("supernet")
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["pipeline"] = ["supernet_train"]
+    assert main(["-q", "run", str(_write(tmp, cfg)), "--out", str(tmp / "run")]) == 0
+    return tmp / "run"
+
+
+def _copy_run(trained: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def test_detnas_pipeline_end_to_end(digits_root: Path, cls_root: Path, tmp_path: Path) -> None:
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["evolution_search"]["constraints"] = {"backbone": {"max_params": 40_000}}
+    path = _write(tmp_path, cfg)
+    out = tmp_path / "run"
+    assert main(["-q", "run", str(path), "--out", str(out)]) == 0
+    store = RecordStore(out / "records.sqlite")
+    scored = store.records("evolution_search", status="done")
+    assert 4 <= len(scored) <= 8  # 2 generations of 4, duplicates never re-scored
+    assert len({r.genotype for r in scored}) == len(scored)
+    assert {r.extra["generation"] for r in scored} == {0, 1}
+    for rec in scored:  # the constraint holds, both backbone and detector costs are recorded
+        assert rec.cost["backbone_params"] <= 40_000 and rec.cost["params"] > 0
+        assert 0.0 <= rec.metrics["mAP"] <= 1.0
+    result = json.loads((out / "result.json").read_text())
+    trained = store.records("subnet_train", status="done")
+    assert {r.extra["role"] for r in trained} <= {"searched", "baseline"} and len(trained) >= 1
+    winner = nasdet.load_model(result["model"])
+    assert winner.backbone.body.__class__.__name__ == "ShuffleNetV2Backbone"
+    assert (out / "report.html").is_file()
+    # the best subnet was exported as a standalone detector and as a genotype file
+    best = max(scored, key=lambda r: r.metrics["mAP"])
+    step_dir = out / "output" / "evolution_search"
+    code = ShuffleNetCode.from_yaml((step_dir / "best_subnet.yaml").read_text())
+    assert str(code) == best.genotype
+    assert (step_dir / f"subnet_{best.id}.pth").is_file()
+
+    # rerunning finds everything done: nothing is scored or trained again
+    before = [(r.id, r.status, r.finished_at) for r in store.records()]
+    assert main(["-q", "run", str(path), "--out", str(out)]) == 0
+    assert [(r.id, r.status, r.finished_at) for r in store.records()] == before
+
+
+def test_exported_subnet_reproduces_the_supernet_path(
+    digits_root: Path, cls_root: Path, tmp_path: Path, trained_supernet: Path
+) -> None:
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["pipeline"] = ["supernet_train"]
+    run_cfg = load_run_config(_write(tmp_path, cfg))
+    assert isinstance(run_cfg, DetNASRunConfig)
+    out = _copy_run(trained_supernet, tmp_path)
+    # the step is done: it returns the trained file without training again
+    supernet_path = detnas.supernet_train(run_cfg, RecordStore(out / "records.sqlite"), out)
+    assert supernet_path == out / "output" / "supernet_train" / "supernet.pth"
+    supernet, data, _ = load_supernet(str(supernet_path), json.dumps(detnas.base_config(run_cfg)))
+    code = ShuffleNetCode.parse("3-5x-7x-3")
+    supernet.backbone.body.set_active_subnet(code)
+    from nasdet.models.export import export_subnet
+    from nasdet.models.io import save_model
+
+    model, arch = export_subnet(supernet, run_cfg.model, code, len(data.categories) + 1)
+    file = save_model(
+        tmp_path / "sub.pth",
+        model,
+        architecture=arch.model_dump(mode="json"),
+        categories=data.categories,
+        cat_ids=data.cat_ids,
+    )
+    reloaded = nasdet.load_model(file)
+    images = [data.val[i][0] for i in range(3)]
+    supernet.eval()
+    with torch.no_grad():
+        feats_a = supernet.backbone(torch.stack(images))
+        feats_b = reloaded.backbone(torch.stack(images))
+        dets_a, dets_b = supernet(images), reloaded(images)
+    for k in feats_a:
+        torch.testing.assert_close(feats_a[k], feats_b[k])
+    for a, b in zip(dets_a, dets_b, strict=True):
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+    # the exported file has no supernet parameters: only the chosen units
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(
+        p.numel() for p in supernet.parameters()
+    )
+
+
+def test_impossible_constraints_fail_in_one_line(
+    digits_root: Path,
+    cls_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    trained_supernet: Path,
+) -> None:
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["pipeline"] = ["supernet_train", "evolution_search"]
+    cfg["evolution_search"]["constraints"] = {"input_size": 96, "detector": {"max_flops": 1000}}
+    path = _write(tmp_path, cfg)
+    out = _copy_run(trained_supernet, tmp_path)
+    assert main(["-q", "run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "flops" in err and "loosen" in err
+    assert RecordStore(tmp_path / "run" / "records.sqlite").count("evolution_search") == 0
+
+
+def test_killed_search_resumes_without_rescoring(
+    digits_root: Path,
+    cls_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trained_supernet: Path,
+) -> None:
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["pipeline"] = ["supernet_train", "evolution_search"]
+    path = _write(tmp_path, cfg)
+    out = _copy_run(trained_supernet, tmp_path)
+    calls: list[str] = []
+    real = detnas.score_subnet
+
+    def dying(payload: dict) -> dict:
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(payload["genotype"])
+        return real(payload)
+
+    monkeypatch.setattr(detnas, "score_subnet", dying)
+    assert main(["-q", "run", str(path), "--out", str(out)]) == 130
+    store = RecordStore(out / "records.sqlite")
+    first = {r.genotype for r in store.records("evolution_search", status="done")}
+    assert first == set(calls)
+    calls.clear()
+    monkeypatch.setattr(detnas, "score_subnet", lambda p: calls.append(p["genotype"]) or real(p))
+    assert main(["-q", "run", str(path), "--out", str(out)]) == 0
+    assert not first & set(calls)  # nothing finished before the kill was scored again
+    done = store.records("evolution_search", status="done")
+    assert len({r.genotype for r in done}) == len(done) >= 4
+
+
+def test_detnas_config_errors(digits_root: Path, cls_root: Path, tmp_path: Path) -> None:
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["model"]["backbone"] = {"name": "resnet18"}
+    with pytest.raises(ConfigError, match="shufflenet_supernet"):
+        load_run_config(_write(tmp_path, cfg))
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["evolution_search"]["num_candidate"] = 3
+    with pytest.raises(ConfigError, match="did you mean 'num_candidates'"):
+        load_run_config(_write(tmp_path, cfg))
+    cfg["method"] = "detnass"
+    with pytest.raises(ConfigError, match="unknown method"):
+        load_run_config(_write(tmp_path, cfg))
+
+
+def test_supernet_train_under_torchrun(digits_root: Path, cls_root: Path, tmp_path: Path) -> None:
+    """DDP with 2 CPU processes (gloo): the supernet step runs and writes one supernet; the
+    other steps are refused under torchrun with one line."""
+    cfg = detnas_config(digits_root, cls_root)
+    path = _write(tmp_path, cfg)
+    out = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                "2", "-m", "nasdet", "-q", "run", str(path), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "--steps supernet_train" in refused.stderr
+    proc = subprocess.run(
+        [*torchrun, "--steps", "supernet_train"], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    store = RecordStore(out / "records.sqlite")
+    assert [r.status for r in store.records("supernet_train")] == ["done"]
+    supernet = nasdet.load_model(out / "output" / "supernet_train" / "supernet.pth")
+    assert type(supernet.backbone.body).__name__ == "ShuffleNetV2Supernet"
+    checkpoint = torch.load(out / "output" / "supernet_train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and not any(
+        k.startswith("module.") for k in checkpoint["model"]
+    )
