@@ -75,7 +75,7 @@ def test_shipped_configs_validate() -> None:
     configs = sorted(root.rglob("*.yaml"))
     assert configs
     for path in configs:
-        if path.name.startswith("spnas"):
+        if path.name.startswith(("spnas", "detnas")):
             load_run_config(path)
         else:
             load_config(path)
