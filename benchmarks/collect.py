@@ -14,6 +14,7 @@ SECTIONS = [
     ("Baseline detectors on the bundled digits", "baselines.md"),
     ("SP-NAS on the bundled digits", "spnas.md"),
     ("make demo (the SP-NAS preset)", "demo.md"),
+    ("DetNAS on the bundled digits", "detnas.md"),
 ]
 HEADER = """# Benchmarks
 

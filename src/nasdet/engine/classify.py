@@ -93,7 +93,7 @@ def pretrain_backbone(
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(labels)
-        log.info("reignition epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(train_set))
+        log.info("classification epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(train_set))
     return accuracy(model, val_set, device=device)
 
 
