@@ -170,18 +170,7 @@ def run_pipeline(cfg: RunConfig | DetNASRunConfig, out_dir: str | Path) -> RunRe
                 members = [final]
     final = final or max(members, key=lambda r: r.metrics.get("mAP", 0.0))
     report = _report(out, store, cfg, objectives, final)
-    _write_json(
-        out / "result.json",
-        {
-            "winner": final.genotype,
-            "record": final.id,
-            "metrics": final.metrics,
-            "cost": final.cost,
-            "model": final.weights_path,
-            "report": str(report),
-        },
-    )
-    return RunResult(out, final, report)
+    return _finish(out, final, report)
 
 
 def _run_detnas(cfg: DetNASRunConfig, out: Path) -> RunResult:
@@ -210,6 +199,11 @@ def _run_detnas(cfg: DetNASRunConfig, out: Path) -> RunResult:
         winner_id=final.id,
         title="nasdet DetNAS",
     )
+    return _finish(out, final, report, baseline=None if baseline is None else _summary(baseline))
+
+
+def _finish(out: Path, final: Any, report: Path, **extra: Any) -> RunResult:
+    """Write ``result.json`` (the winner, its metrics, cost, model file and report)."""
     _write_json(
         out / "result.json",
         {
@@ -218,7 +212,7 @@ def _run_detnas(cfg: DetNASRunConfig, out: Path) -> RunResult:
             "metrics": final.metrics,
             "cost": final.cost,
             "model": final.weights_path,
-            "baseline": None if baseline is None else _summary(baseline),
+            **extra,
             "report": str(report),
         },
     )

@@ -166,9 +166,14 @@ class RunConfig(Config):
     @property
     def steps(self) -> list[str]:
         """The steps to run, in order."""
-        if self.pipeline is not None:
-            return list(self.pipeline)
-        return [n for n in STEP_NAMES if getattr(self, n) is not None]
+        return _steps(self, STEP_NAMES)
+
+
+def _steps(cfg: Any, names: tuple[str, ...]) -> list[str]:
+    """``cfg.pipeline`` when given, else the steps of ``names`` that have a section."""
+    if cfg.pipeline is not None:
+        return list(cfg.pipeline)
+    return [n for n in names if getattr(cfg, n) is not None]
 
 
 def load_run_config(path: str | Path) -> RunConfig | DetNASRunConfig:
@@ -295,9 +300,7 @@ class DetNASRunConfig(Config):
     @property
     def steps(self) -> list[str]:
         """The steps to run, in order."""
-        if self.pipeline is not None:
-            return list(self.pipeline)
-        return [n for n in DETNAS_STEPS if getattr(self, n) is not None]
+        return _steps(self, DETNAS_STEPS)
 
 
 def substitute(path: str | None, out_dir: Path) -> Path | None:
