@@ -245,7 +245,9 @@ def test_supernet_train_under_torchrun(digits_root: Path, cls_root: Path, tmp_pa
         [*torchrun, "--steps", "supernet_train"], env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    text = proc.stdout + proc.stderr
+    rank0 = "\n".join(line for line in text.splitlines() if "[rank0]" in line)
+    assert proc.returncode == 0, rank0[-3000:] + "\n...\n" + text[-3000:]
     store = RecordStore(out / "records.sqlite")
     assert [r.status for r in store.records("supernet_train")] == ["done"]
     supernet = nasdet.load_model(out / "output" / "supernet_train" / "supernet.pth")
