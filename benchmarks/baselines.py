@@ -22,7 +22,8 @@ from _common import machine_line, write_fragment
 from nasdet.build import build_detector, num_classes
 from nasdet.config import load_config
 from nasdet.cost import detector_cost
-from nasdet.pipeline import train_step
+from nasdet.methods import TrainConfig
+from nasdet.training import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -36,7 +37,7 @@ CONFIGS = {
 
 
 def run_one(name: str, config: Path, runs: Path) -> dict:
-    cfg = load_config(config)
+    cfg = load_config(config, TrainConfig)
     size = (cfg.model.min_size, cfg.model.min_size)
     cost = detector_cost(build_detector(cfg.model, num_classes(cfg.data), load_weights=False), size)
     start = time.perf_counter()

@@ -28,13 +28,13 @@ import torch
 from _common import machine_line, write_fragment
 
 from nasdet.data import collate
-from nasdet.models.export import export_subnet, subnet_architecture
+from nasdet.methods import load_run_config
+from nasdet.methods.detnas.scoring import load_supernet, score_subnet, subnet_architecture
+from nasdet.methods.detnas.space import ShuffleNetCode, ShuffleNetSpace
+from nasdet.methods.spnas.candidate import evaluate_candidate
 from nasdet.pipeline import run_pipeline
-from nasdet.runconfig import load_run_config
-from nasdet.search.candidate import evaluate_candidate
-from nasdet.search.detnas import load_supernet, score_subnet
 from nasdet.search.records import RecordStore
-from nasdet.spaces.shufflenet import ShuffleNetCode, ShuffleNetSpace
+from nasdet.search.supernet import export_subnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def architectures(space: ShuffleNetSpace, n_random: int, seed: int = 0) -> list[
 def standalone(cfg, codes, epochs: int, runs: Path, *, train: bool = True) -> dict[str, dict]:
     """Train each code from scratch (``epochs``) and score it on the search split; with
     ``train=False`` only the results already there."""
-    from nasdet.detnas import base_config
+    from nasdet.methods.detnas.steps import base_config
 
     results = {}
     for code in codes:
@@ -107,7 +107,7 @@ def step_times(models, images, targets, rounds: int = 6, steps: int = 4) -> list
 
 def overhead(cfg, supernet_path: Path) -> tuple[float, float]:
     """Training-step seconds of the supernet (one fixed path) and of the extracted subnet."""
-    from nasdet.detnas import base_config
+    from nasdet.methods.detnas.steps import base_config
 
     supernet, data, _ = load_supernet(str(supernet_path), json.dumps(base_config(cfg)))
     code = ShuffleNetSpace(supernet.backbone.body.space.depths).sample(random.Random(1))
@@ -146,7 +146,7 @@ def main() -> None:
         standalone(cfg, codes, args.epochs, args.runs)
     if "report" not in parts:
         return
-    from nasdet.detnas import base_config
+    from nasdet.methods.detnas.steps import base_config
 
     supernet_path = out / "output" / "supernet_train" / "supernet.pth"
     trained = standalone(cfg, codes, args.epochs, args.runs, train=False)

@@ -19,14 +19,14 @@ from pathlib import Path
 from _common import machine_line, write_fragment
 
 import nasdet
-from nasdet.config import Config
-from nasdet.pipeline import run_pipeline, train_step
+from nasdet.methods import TrainConfig, load_run_config
+from nasdet.methods.spnas.steps import base_config, start_architecture
+from nasdet.pipeline import run_pipeline
 from nasdet.report import lineage
-from nasdet.runconfig import load_run_config
-from nasdet.search.candidate import candidate_cost
+from nasdet.search.costs import candidate_cost
 from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
-from nasdet.spnas import base_config, start_architecture
+from nasdet.training import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def main() -> None:
     base["model"] = start_architecture(cfg).model_dump(mode="json")
     base["train"]["epochs"] = epochs
     start = time.perf_counter()
-    baseline = train_step(Config.model_validate(base), args.runs / "spnas_baseline")
+    baseline = train_step(TrainConfig.model_validate(base), args.runs / "spnas_baseline")
     baseline_minutes = (time.perf_counter() - start) / 60
 
     won, ws = result.final, baseline

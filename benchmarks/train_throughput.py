@@ -25,6 +25,7 @@ from nasdet.build import build_datasets, build_detector
 from nasdet.config import load_config
 from nasdet.data import collate
 from nasdet.engine.train import Trainer, make_optimizer, make_scheduler
+from nasdet.methods import TrainConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "baseline_digits.yaml"
 
@@ -79,7 +80,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the markdown table here")
     args = p.parse_args()
 
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG, TrainConfig)
     torch.manual_seed(0)
     data = build_datasets(cfg.data, seed=0)
     subset = Subset(data.train, range(args.images))

@@ -12,7 +12,7 @@ from conftest import tiny_config
 
 from nasdet.cli import main
 from nasdet.config import load_config
-from nasdet.runconfig import load_run_config
+from nasdet.methods import TrainConfig, load_run_config
 
 
 def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -78,7 +78,7 @@ def test_shipped_configs_validate() -> None:
         if path.name.startswith(("spnas", "detnas")):
             load_run_config(path)
         else:
-            load_config(path)
+            load_config(path, TrainConfig)
 
 
 def test_train_then_evaluate_model_file(digits_root: Path, tmp_path: Path, capsys) -> None:

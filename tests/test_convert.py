@@ -11,14 +11,14 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 from torchvision.ops import FrozenBatchNorm2d
 
-from nasdet.config import ModelConfig
 from nasdet.errors import CheckpointError
-from nasdet.models.convert import (
+from nasdet.methods import Model as ModelConfig
+from nasdet.methods.spnas.convert import (
     RESNET50_CODE,
     build_serial_fasterrcnn,
     convert_torchvision_fasterrcnn,
 )
-from nasdet.models.serial import SerialBackbone
+from nasdet.methods.spnas.nets import SerialBackbone
 
 TEST_SIZE = 256  # both models resize to this short side in the comparison (CPU time)
 TEST_PROPOSALS = 100  # and keep this many RPN proposals per image (torchvision: 1000)

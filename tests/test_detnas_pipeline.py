@@ -16,14 +16,15 @@ import yaml
 from conftest import tiny_config
 
 import nasdet
-from nasdet import detnas
 from nasdet.cli import main
 from nasdet.data import make_digits_classification
 from nasdet.errors import ConfigError
-from nasdet.runconfig import DetNASRunConfig, load_run_config
-from nasdet.search.detnas import load_supernet
+from nasdet.methods import load_run_config
+from nasdet.methods.detnas import steps as detnas
+from nasdet.methods.detnas.config import DetNASRunConfig
+from nasdet.methods.detnas.scoring import load_supernet
+from nasdet.methods.detnas.space import ShuffleNetCode
 from nasdet.search.records import RecordStore
-from nasdet.spaces.shufflenet import ShuffleNetCode
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +136,8 @@ def test_exported_subnet_reproduces_the_supernet_path(
     supernet, data, _ = load_supernet(str(supernet_path), json.dumps(detnas.base_config(run_cfg)))
     code = ShuffleNetCode.parse("3-5x-7x-3")
     supernet.backbone.body.set_active_subnet(code)
-    from nasdet.models.export import export_subnet
     from nasdet.models.io import save_model
+    from nasdet.search.supernet import export_subnet
 
     model, arch = export_subnet(supernet, run_cfg.model, code, len(data.categories) + 1)
     file = save_model(

@@ -6,10 +6,10 @@ import csv
 import random
 from pathlib import Path
 
+from nasdet.methods.spnas.proposers import cost_checker
 from nasdet.search.driver import Proposal, add_root, run_search
 from nasdet.search.executors import InProcessExecutor
 from nasdet.search.records import RecordStore
-from nasdet.search.spnas import cost_checker
 
 
 def fake_evaluate(payload: dict) -> dict:

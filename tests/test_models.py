@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nasdet.build import build_detector
-from nasdet.config import ModelConfig
+from nasdet.methods import Model as ModelConfig
 from nasdet.models.backbone import ExtraLevelsBackbone, FPNBackbone, ShapeSpec, check_backbone
 from nasdet.models.baselines import BASELINES, resnet18, resnet50, shufflenet_v2_widths
 
@@ -93,14 +93,19 @@ DETECTORS = ["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite"]
 @pytest.mark.parametrize("backbone", sorted(BASELINES))
 def test_detector_trains_and_predicts(detector: str, backbone: str) -> None:
     torch.manual_seed(0)
+    only = {  # settings that apply to one kind of detector (others are rejected)
+        "fasterrcnn": {"fpn_channels": 16, "representation_size": 32},
+        "retinanet": {"fpn_channels": 16},
+        "fcos": {"fpn_channels": 32},
+        "ssd": {"ssd_extra_channels": [32]},
+        "ssdlite": {"ssd_extra_channels": [32]},
+    }
     cfg = ModelConfig(
         detector=detector,
         backbone={"name": backbone, "width_mult": 0.25 if "resnet" in backbone else 0.5},
-        fpn_channels=32 if detector == "fcos" else 16,
-        ssd_extra_channels=[32],
-        representation_size=32,
         min_size=128,
         max_size=128,
+        **only[detector],
     )
     model = build_detector(cfg, NUM_CLASSES)
     model.train()

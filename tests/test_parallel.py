@@ -12,21 +12,21 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from nasdet.cost import count_flops
 from nasdet.errors import CheckpointError
-from nasdet.models import baselines, detectors
-from nasdet.models.backbone import FPNBackbone
-from nasdet.models.parallel import (
-    ParallelFPN,
-    branch_flops,
-    levels_branch_flops,
-    load_serial_detector_weights,
-)
-from nasdet.models.serial import SerialBackbone
-from nasdet.spaces.parallel import (
+from nasdet.methods.spnas.neck_space import (
     ParallelCode,
     mutate_parallel,
     parallel_weights,
     sample_parallel_code,
 )
+from nasdet.methods.spnas.nets import SerialBackbone
+from nasdet.methods.spnas.parallel_fpn import (
+    ParallelFPN,
+    branch_flops,
+    levels_branch_flops,
+    load_serial_detector_weights,
+)
+from nasdet.models import baselines, detectors
+from nasdet.models.backbone import FPNBackbone
 
 R18 = "11-21-21-21"
 LEVELS = (3, 4, 5)

@@ -11,9 +11,9 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
+from nasdet.methods.spnas.nets import SerialBackbone, freeze_inherited, inherit_weights
+from nasdet.methods.spnas.space import SerialCode, mutate_expand
 from nasdet.models.backbone import FPNBackbone, ShapeSpec
-from nasdet.models.serial import SerialBackbone, freeze_inherited, inherit_weights
-from nasdet.spaces.serial import SerialCode, mutate_expand
 
 R50 = "111-2111-211111-211"
 R18 = "11-21-21-21"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from nasdet.spaces.serial import (
+from nasdet.methods.spnas.space import (
     DEFAULT_SPACE,
     SerialCode,
     SerialSpace,

@@ -7,8 +7,7 @@ import random
 import pytest
 import torch
 
-from nasdet.models.backbone import ShapeSpec, check_backbone
-from nasdet.models.shufflenet import (
+from nasdet.methods.detnas.nets import (
     ChoiceBlock,
     ShuffleNetV2Backbone,
     ShuffleNetV2Supernet,
@@ -16,15 +15,15 @@ from nasdet.models.shufflenet import (
     XceptionUnit,
     make_unit,
     stage_widths,
-    subnet_state_dict,
 )
-from nasdet.spaces.shufflenet import (
+from nasdet.methods.detnas.space import (
     CHOICES,
     STAGE_DEPTHS,
     ShuffleNetCode,
     ShuffleNetSpace,
     handcrafted,
 )
+from nasdet.models.backbone import ShapeSpec, check_backbone
 
 CODE = "3573-5x77-33x3x357-7x33"
 SPACE = ShuffleNetSpace()
@@ -240,31 +239,6 @@ def test_active_subnet_matches_supernet() -> None:
     net.stem[1].eval()  # a frozen BN stays frozen in the copy
     sub = net.get_active_subnet()
     assert sub.training and sub.stages[0][0].training and not sub.stem[1].training
-
-
-def test_subnet_state_dict_loads_strictly() -> None:
-    torch.manual_seed(0)
-    sup = ShuffleNetV2Supernet(**TINY).eval()
-    code = _codes(1, seed=7)[0]
-    sup.set_active_subnet(str(code))
-    static = ShuffleNetV2Backbone(code, **TINY).eval()
-    static.load_state_dict(subnet_state_dict(sup.state_dict(), code), strict=True)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        a, b = sup(x), static(x)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
-    # a prefixed (whole-detector) state dict keeps its prefix and its non-backbone keys
-    wrapped = {f"backbone.body.{k}": v for k, v in sup.state_dict().items()}
-    wrapped["head.cls.weight"] = torch.ones(1)
-    mapped = subnet_state_dict(wrapped, code)
-    assert mapped["head.cls.weight"] is wrapped["head.cls.weight"]
-    k = code.stages[1][2]
-    key = f"backbone.body.stages.1.2.choices.{k}.main.0.weight"
-    assert mapped["backbone.body.stages.1.2.main.0.weight"] is wrapped[key]
-    assert set(mapped) == {f"backbone.body.{n}" for n in static.state_dict()} | {"head.cls.weight"}
-    with pytest.raises(ValueError, match="outside the code's depths"):
-        subnet_state_dict(sup.state_dict(), ShuffleNetCode.parse("33-33-33-33"))
 
 
 def test_full_width_builds_and_runs_224() -> None:

@@ -14,11 +14,11 @@ from conftest import tiny_config
 import nasdet
 from nasdet.cli import main
 from nasdet.data import make_digits_classification
+from nasdet.methods import load_run_config
+from nasdet.methods.spnas.space import SerialCode
 from nasdet.report import lineage
-from nasdet.runconfig import load_run_config
 from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
-from nasdet.spaces.serial import SerialCode
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
 def test_resume_after_kill_loses_and_repeats_nothing(
     digits_root: Path, cls_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from nasdet import spnas
-    from nasdet.search import candidate
+    from nasdet.methods.spnas import steps as spnas
+    from nasdet.methods.spnas import candidate
 
     cfg = spnas_config(digits_root, cls_root, serial_samples=3, steps=["fine_tune", "serial"])
     run = load_run_config(_write(tmp_path, cfg))

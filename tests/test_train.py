@@ -14,7 +14,7 @@ import nasdet
 from nasdet.config import parse_config
 from nasdet.engine.train import make_scheduler
 from nasdet.errors import CheckpointError, TrainingDiverged
-from nasdet.pipeline import train_step
+from nasdet.training import train_step
 
 
 def _lrs(schedule: str, total: int, **kw: object) -> list[float]:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from torchvision.ops import FrozenBatchNorm2d
 
-from nasdet.config import BackboneConfig, CocoData, Config, DataConfig, DigitsData, ModelConfig
+from nasdet.config import BackboneSpec, CocoData, Config, DataConfig, DigitsData, ModelConfig
 from nasdet.data import (
     VOC_CLASSES,
     CocoDetectionDataset,
@@ -28,15 +28,10 @@ from nasdet.data import (
     train_transforms,
 )
 from nasdet.engine.train import Trainer, make_optimizer, make_scheduler, resolve_device
-from nasdet.errors import DataError
+from nasdet.errors import CheckpointError, DataError
 from nasdet.models import detectors
-from nasdet.models.backbone import ExtraLevelsBackbone, FPNBackbone
-from nasdet.models.baselines import BASELINES
-from nasdet.models.io import load_backbone_weights
-from nasdet.models.parallel import ParallelFPN
-from nasdet.models.serial import SerialBackbone
-from nasdet.spaces.parallel import ParallelCode
-from nasdet.spaces.serial import SerialCode
+from nasdet.models.backbone import ExtraLevelsBackbone
+from nasdet.models.io import load_backbone_weights, load_state_dict_checked, read_model_file
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +40,12 @@ DEFAULT_ANCHOR_BASE = {"fasterrcnn": 8.0, "retinanet": 4.0, "fcos": 1.0}
 DEFAULT_EXTRA_LEVELS = {"fasterrcnn": "pool", "retinanet": "none", "fcos": "none"}
 
 
-def build_backbone(cfg: BackboneConfig, *, load_weights: bool = True) -> nn.Module:
+def build_backbone(cfg: BackboneSpec, *, load_weights: bool = True) -> nn.Module:
     """The backbone ``cfg`` names (levels ``c<l>``), with the weights the user names."""
-    if cfg.name == "serial":
-        code = SerialCode.parse(cfg.code)
-        body: nn.Module = SerialBackbone(
-            code,
-            block=cfg.block,
-            base_width=cfg.base_width,
-            norm_layer=FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d,
-            levels=cfg.levels or [lv for lv in code.levels if lv >= 3],
-        )
-    elif cfg.name in ("shufflenet_nas", "shufflenet_supernet"):
-        body = _shufflenet(cfg)
-    else:
-        body = BASELINES[cfg.name](width_mult=cfg.width_mult, levels=tuple(cfg.levels or (3, 4, 5)))
+    body = cfg.build()
     if load_weights and cfg.weights is not None:
         load_backbone_weights(body, cfg.weights)
     return body
-
-
-def _shufflenet(cfg: BackboneConfig) -> nn.Module:
-    """DetNAS's ShuffleNetV2: a static subnet (``shufflenet_nas``, ``code``) or the supernet."""
-    from nasdet.models.shufflenet import ShuffleNetV2Backbone, ShuffleNetV2Supernet, stage_widths
-    from nasdet.spaces.shufflenet import STAGE_CHANNELS, STAGE_DEPTHS, STEM_CHANNELS, ShuffleNetCode
-
-    widths = stage_widths(cfg.width_mult, tuple(cfg.widths or STAGE_CHANNELS))
-    # the stem scales too (a stride-2 unit must widen: stage 1 is wider than the stem)
-    stem = min(STEM_CHANNELS, stage_widths(cfg.width_mult, (STEM_CHANNELS,))[0])
-    levels = tuple(cfg.levels or (3, 4, 5))
-    if cfg.name == "shufflenet_nas":
-        code = ShuffleNetCode.parse(cfg.code or "")
-        return ShuffleNetV2Backbone(code, widths=widths, stem_channels=stem, levels=levels)
-    depths = tuple(cfg.depths or STAGE_DEPTHS)
-    return ShuffleNetV2Supernet(depths=depths, widths=widths, stem_channels=stem, levels=levels)
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True) -> nn.Module:
@@ -101,11 +68,7 @@ def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = T
             **common,
         )
     extra = cfg.extra_levels or DEFAULT_EXTRA_LEVELS[cfg.detector]
-    if cfg.neck == "parallel_fpn":
-        code = ParallelCode.parse(cfg.neck_code or "", num_levels=len(body.feature_info))
-        backbone: FPNBackbone = ParallelFPN(body, code, cfg.fpn_channels, extra)
-    else:
-        backbone = FPNBackbone(body, cfg.fpn_channels, extra)
+    backbone = cfg.neck.build(body, cfg.fpn_channels, extra)
     anchor_base = cfg.anchor_base or DEFAULT_ANCHOR_BASE[cfg.detector]
     sizes = dict(min_size=cfg.min_size, max_size=cfg.max_size, anchor_base=anchor_base)
     if cfg.detector == "fasterrcnn":
@@ -270,3 +233,29 @@ def make_trainer(
         before_step=before_step,
         find_unused_parameters=find_unused_parameters,
     )
+
+
+def load_model(
+    path: str | Path, model: type[ModelConfig], *, map_location: str = "cpu"
+) -> nn.Module:
+    """Rebuild a detector from a model file nasdet wrote, ready in eval mode.
+
+    ``model`` is the ``model`` section schema the file's ``architecture`` is validated with (a
+    method's own, or ``nasdet.methods.Model`` for any). The module carries ``categories`` (label
+    ``i + 1`` is ``categories[i]``), ``cat_ids`` (the dataset's ids) and ``nasdet_meta``.
+    """
+    obj = read_model_file(path)
+    try:
+        arch = model.model_validate(obj["architecture"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(
+            f"{path}: its architecture is not one this method builds ({where}: {first['msg']})"
+        ) from None
+    detector = build_detector(arch, len(obj["categories"]) + 1, load_weights=False)
+    load_state_dict_checked(detector, obj["state_dict"], str(path))
+    detector.categories = list(obj["categories"])
+    detector.cat_ids = list(obj["cat_ids"])
+    detector.nasdet_meta = dict(obj["meta"])
+    return detector.to(map_location).eval()

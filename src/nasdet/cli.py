@@ -1,7 +1,9 @@
 """The ``nasdet`` command line.
 
-A user's mistake ends with one line ``nasdet: error: ...`` naming the file / key / record and what
-to do (exit status 2), never a traceback. Only this module prints; the library logs.
+Exit status: 0 done; 2 a usage or config mistake (one line ``nasdet: error: ...`` naming the file,
+key or record and what to do); 1 a failure at run time (work that failed, or an unexpected error:
+one line, the full traceback in the run's log file ``<out>/nasdet.log``, and on the terminal
+with ``-v``); 130 interrupted. Only this module prints; the library logs.
 """
 
 from __future__ import annotations
@@ -14,35 +16,97 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasdet.errors import NasdetError
+from nasdet import __version__
+from nasdet.errors import NasdetError, TrainingDiverged, WorkFailed
 
 log = logging.getLogger("nasdet")
+_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+LOG_FILENAME = "nasdet.log"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage mistake exits 2 here
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        format=_FORMAT,
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    root_level = logging.getLogger().level
+    handler = _log_to_file(args)
+    try:
+        return _run_command(args, handler.baseFilename if handler else None)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            logging.getLogger().setLevel(root_level)
+            handler.close()
+
+
+def _run_command(args: argparse.Namespace, log_file: str | None) -> int:
+    """Run the command; turn what it raises into one line and an exit status."""
+    where = f" (traceback in {log_file})" if log_file else ""
     try:
         return int(args.func(args) or 0)
+    except (WorkFailed, TrainingDiverged) as e:
+        print(f"nasdet: error: {e}", file=sys.stderr)
+        return 1
     except NasdetError as e:
         print(f"nasdet: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "nasdet: interrupted — rerun the same command with --resume to continue",
-            file=sys.stderr,
-        )
+        again = {
+            "run": "rerun the same command to resume",
+            "train": "rerun the same command with --resume to continue",
+        }.get(args.command, "rerun the command")
+        print(f"nasdet: interrupted — {again}", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, traceback logged
+        log.debug("unexpected error", exc_info=True)
+        hint = "" if args.verbose else f" — rerun with -v to see the traceback{where}"
+        print(f"nasdet: error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+        return 1
+
+
+def _out_dir(args: argparse.Namespace) -> Path | None:
+    """The run directory of ``train`` and ``run`` (``--out``, default ``runs/<config name>``)."""
+    if args.command not in ("train", "run"):
+        return None
+    return args.out or Path("runs") / args.config.stem
+
+
+def _log_to_file(args: argparse.Namespace) -> logging.FileHandler | None:
+    """Log everything (DEBUG, tracebacks included) to ``<out>/nasdet.log`` (per rank under
+    torchrun: ``nasdet.rank<N>.log`` for ranks other than 0)."""
+    import os
+
+    out = _out_dir(args)
+    if out is None:
+        return None
+    args.out = out
+    rank = int(os.environ.get("RANK", "0"))
+    path = out / (LOG_FILENAME if rank == 0 else f"nasdet.rank{rank}.log")
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for h in root.handlers:  # the terminal keeps the level -v / -q asked for
+        if h is not handler and isinstance(h, logging.StreamHandler):
+            h.setLevel(
+                logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+            )
+    return handler
 
 
 def _parser() -> argparse.ArgumentParser:
+    from nasdet.methods import METHODS
+
     p = argparse.ArgumentParser(prog="nasdet", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"nasdet {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,12 +117,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("run", help="run a search pipeline (SP-NAS or DetNAS) from a config")
+    names = ", ".join(METHODS)
+    r = sub.add_parser("run", help=f"run a search from a config (method: {names})")
     r.add_argument("config", type=Path)
     r.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     r.add_argument(
         "--steps",
         help="comma-separated steps to run (default: the config's pipeline), e.g. supernet_train",
+    )
+    r.add_argument(
+        "--restart-from",
+        metavar="STEP",
+        help="the config changed: redo STEP and the steps after it with the new config",
     )
     r.set_defaults(func=cmd_run)
 
@@ -83,10 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cost)
 
     v = sub.add_parser("convert", help="convert a checkpoint into a nasdet model file")
+    converters = {k: c for m in METHODS.values() for k, c in m.converters.items()}
     v.add_argument(
         "kind",
-        choices=["torchvision-fasterrcnn"],
-        help="torchvision-fasterrcnn: a fasterrcnn_resnet50_fpn state dict",
+        choices=sorted(converters),
+        help="; ".join(f"{k}: {c.help}" for k, c in sorted(converters.items())),
     )
     v.add_argument("checkpoint", type=Path)
     v.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
@@ -94,12 +165,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-size", type=int, default=1333)
     v.set_defaults(func=cmd_convert)
 
-    x = sub.add_parser("export", help="a standalone subnet of a DetNAS supernet model file")
+    x = sub.add_parser("export", help="a standalone subnet of a supernet model file")
     x.add_argument("supernet", type=Path, help="supernet model file (output/supernet_train/)")
     x.add_argument(
         "--genotype",
         required=True,
-        help="a code (e.g. 3573-5x77-33x3x357-7x33) or a subnet YAML file the search wrote",
+        help="the subnet, as the supernet's method writes it (DetNAS: a code such as "
+        "3573-5x77-33x3x357-7x33, or a subnet YAML file the search wrote)",
     )
     x.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
     x.set_defaults(func=cmd_export)
@@ -140,10 +212,11 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from nasdet.config import load_config
     from nasdet.engine.distributed import init_distributed
-    from nasdet.pipeline import train_step
+    from nasdet.methods import TrainConfig
+    from nasdet.training import train_step
 
-    cfg = load_config(args.config)
-    out = args.out or Path("runs") / args.config.stem
+    cfg = load_config(args.config, TrainConfig)
+    out = args.out
     dist = init_distributed()  # under torchrun: DDP, one process per device
     result = train_step(cfg, out, resume=args.resume)
     if not dist.is_main:
@@ -156,26 +229,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from nasdet.engine.distributed import current, init_distributed
+    from nasdet.methods import load_run_config
     from nasdet.pipeline import run_pipeline
-    from nasdet.runconfig import load_run_config
 
-    cfg = load_run_config(args.config)
-    if args.steps:
-        from nasdet.config import parse_config
-
-        raw = {**cfg.model_dump(mode="json"), "pipeline": args.steps.split(",")}
-        cfg = parse_config(raw, source=f"{args.config} (--steps)", schema=type(cfg))
-    out = args.out or Path("runs") / args.config.stem
-    result = run_pipeline(cfg, out)
+    steps = args.steps.split(",") if args.steps else None
+    cfg = load_run_config(args.config, pipeline=steps)
+    out = args.out
+    init_distributed()  # under torchrun: the steps that allow it run with DDP
+    result = run_pipeline(cfg, out, restart_from=args.restart_from)
     rec = result.final
+    if not current().is_main:
+        return 0
     if rec is None:  # a step that produces no model (e.g. supernet_train alone)
         print(f"steps done: {', '.join(cfg.steps)}   (records: {out / 'records.sqlite'})")
         return 0
+    shown = ("mAP", "AP50", "AP75", "AR100", *rec.metrics)
     _print_metrics(
         f"winner {rec.genotype} ({rec.cost.get('params', 0):,.0f} parameters)",
-        {k: v for k, v in rec.metrics.items() if k in ("mAP", "AP50", "AP75", "AR100")},
+        {k: rec.metrics[k] for k in dict.fromkeys(shown) if k in rec.metrics},
     )
-    print(f"model:   {rec.weights_path}")
+    print(f"model:   {result.model}")
     print(f"report:  {result.report}")
     print(f"records: {out / 'records.sqlite'}   (rerun the same command to resume)")
     return 0
@@ -218,9 +292,16 @@ def cmd_cost(args: argparse.Namespace) -> int:
         raise ConfigError("nasdet cost takes either a CONFIG or --model torchvision:NAME/FILE")
     if args.config is not None:
         from nasdet.build import build_detector, num_classes
-        from nasdet.config import load_config
+        from nasdet.config import read_yaml
+        from nasdet.methods import TrainConfig, load_run_config
 
-        cfg = load_config(args.config)
+        raw = read_yaml(args.config)
+        if "method" in raw or any(k not in TrainConfig.model_fields for k in raw):
+            cfg = load_run_config(args.config)  # a run config: its model section
+        else:
+            from nasdet.config import load_config
+
+            cfg = load_config(args.config, TrainConfig)
         model = build_detector(cfg.model, num_classes(cfg.data), load_weights=False)
         default = f"3x{cfg.model.min_size}x{cfg.model.min_size}"
     elif args.model.startswith("torchvision:"):
@@ -240,60 +321,45 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from nasdet.cost import count_params
-    from nasdet.models.convert import coco_categories, convert_torchvision_fasterrcnn
-    from nasdet.models.io import save_model
+    from nasdet.methods import METHODS
 
-    model, arch = convert_torchvision_fasterrcnn(
-        args.checkpoint, min_size=args.min_size, max_size=args.max_size
-    )
-    categories, cat_ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
-    path = save_model(
-        args.out,
-        model,
-        architecture=arch,
-        categories=categories,
-        cat_ids=cat_ids,
-        meta={"converted_from": str(args.checkpoint)},
-    )
+    converter = next(m.converters[args.kind] for m in METHODS.values() if args.kind in m.converters)
     print(
-        f"wrote {path}: Faster R-CNN on SerialBackbone('{arch['backbone']['code']}'), "
-        f"{count_params(model):,} parameters, {len(categories)} classes"
+        converter.convert(args.checkpoint, args.out, min_size=args.min_size, max_size=args.max_size)
     )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     import nasdet
-    from nasdet.config import ModelConfig
     from nasdet.cost import count_params
     from nasdet.errors import ConfigError
-    from nasdet.models.export import export_subnet
+    from nasdet.methods import Model
     from nasdet.models.io import read_model_file, save_model
-    from nasdet.spaces.shufflenet import ShuffleNetCode
+    from nasdet.search.supernet import export_subnet, supernet_spec
 
-    arch = ModelConfig.model_validate(read_model_file(args.supernet)["architecture"])
-    if arch.backbone.name != "shufflenet_supernet":
-        raise ConfigError(f"{args.supernet}: not a supernet model file ({arch.backbone.name})")
+    arch = Model.model_validate(read_model_file(args.supernet)["architecture"])
     try:
-        text = Path(args.genotype)
-        if text.suffix in (".yaml", ".yml") and text.is_file():
-            code = ShuffleNetCode.from_yaml(text.read_text())
-        else:
-            code = ShuffleNetCode.parse(args.genotype)
+        spec = supernet_spec(arch)
+    except ValueError as e:
+        raise ConfigError(f"{args.supernet}: not a supernet model file ({e})") from None
+    try:
+        path = Path(args.genotype)
+        is_file = path.suffix in (".yaml", ".yml", ".json") and path.is_file()
+        genotype = spec.parse_genotype(path.read_text() if is_file else args.genotype)
     except ValueError as e:
         raise ConfigError(f"--genotype: {e}") from None
     supernet = nasdet.load_model(args.supernet)
-    model, sub = export_subnet(supernet, arch, code, len(supernet.categories) + 1)
-    path = save_model(
+    model, sub = export_subnet(supernet, arch, genotype, len(supernet.categories) + 1)
+    out = save_model(
         args.out,
         model,
         architecture=sub.model_dump(mode="json"),
         categories=supernet.categories,
         cat_ids=supernet.cat_ids,
-        meta={"from_supernet": str(args.supernet), "genotype": str(code)},
+        meta={"from_supernet": str(args.supernet), "genotype": str(genotype)},
     )
-    print(f"wrote {path}: subnet {code}, {count_params(model):,} parameters")
+    print(f"wrote {out}: subnet {genotype}, {count_params(model):,} parameters")
     print("(BN statistics are the supernet's; the search's own exports are recalibrated)")
     return 0
 

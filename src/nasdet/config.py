@@ -1,19 +1,26 @@
 """YAML configuration, validated by pydantic.
 
-``load_config(path)`` returns a :class:`Config`; any mistake (unknown key, wrong type, missing file)
-raises :class:`~nasdet.errors.ConfigError` with one line naming the file, the key path and what is
-expected. Relative paths in a config are relative to the directory nasdet is run from.
+``load_config(path, schema)`` returns a validated config; any mistake (unknown key, wrong type,
+missing file) raises :class:`~nasdet.errors.ConfigError` with one line naming the file, the key
+path and what is expected. Relative paths in a config are relative to the directory nasdet is run
+from.
 
-Only this module and :mod:`nasdet.build` know the config's shape: the builders they call take
-modules and keyword arguments.
+The model section is generic: ``model.backbone`` and ``model.neck`` are unions of spec classes
+told apart by ``name`` (:func:`spec_union`). This module defines the torchvision backbones and the
+FPN; each method adds its own specs (its ``parts.py``), and :mod:`nasdet.methods` forms the union
+of all of them (``nasdet.methods.TrainConfig``, ``nasdet.methods.Model``). Each spec translates
+itself into its constructor's keyword arguments (``build``); only specs, this module and
+:mod:`nasdet.build` know the config's shape: the builders they call take modules and arguments.
 """
 
 from __future__ import annotations
 
 import difflib
+import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -27,6 +34,9 @@ from pydantic import (
 )
 
 from nasdet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Strict(BaseModel):
@@ -91,7 +101,41 @@ DataConfig = Annotated[
 
 
 # ----------------------------------------------------------------------------- model
-class BackboneConfig(Strict):
+class BackboneSpec(Strict):
+    """Base of every backbone section. A subclass declares ``name`` as a ``Literal`` of the
+    names it builds and implements :meth:`build`; the ``model.backbone`` field is a union of
+    subclasses told apart by ``name`` (see :func:`spec_union`), so a key that does not apply to
+    the named backbone is an error, not ignored."""
+
+    levels: list[int] | None = Field(
+        None, description="feature levels (stride 2**level); default 3,4,5 (serial: all from 3)"
+    )
+    weights: Path | None = Field(
+        None, description="a torchvision classification state dict to start the backbone from"
+    )
+
+    def build(self) -> nn.Module:
+        """The backbone body (nasdet's backbone contract: ``feature_info``, ordered levels)."""
+        raise NotImplementedError(f"{type(self).__name__} does not build a backbone")
+
+
+class SupernetSpec(BackboneSpec):
+    """A backbone section that builds a weight-sharing supernet (the supernet protocol of
+    :mod:`nasdet.search.supernet`): it parses genotypes and names the static subnet's section."""
+
+    def parse_genotype(self, text: str) -> Any:
+        """The genotype ``text`` names (a code string, or a file's text the search wrote);
+        ``ValueError`` naming what is wrong."""
+        raise NotImplementedError
+
+    def subnet(self, genotype: Any) -> BackboneSpec:
+        """The backbone section of the standalone subnet ``genotype``."""
+        raise NotImplementedError
+
+
+class TorchvisionBackbone(BackboneSpec):
+    """torchvision's classification networks as feature backbones (``weights=None``)."""
+
     name: Literal[
         "resnet18",
         "resnet50",
@@ -99,71 +143,84 @@ class BackboneConfig(Strict):
         "mobilenet_v3_large",
         "mobilenet_v3_small",
         "shufflenet_v2",
-        "serial",
-        "shufflenet_nas",
-        "shufflenet_supernet",
     ] = "resnet18"
-    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="baselines and shufflenet_*")
-    levels: list[int] | None = Field(
-        None, description="feature levels (stride 2**level); default 3,4,5 (serial: all from 3)"
-    )
-    weights: Path | None = Field(
-        None, description="a torchvision classification state dict to start the backbone from"
-    )
-    code: str | None = Field(
-        None,
-        description="serial: block code, e.g. 111-2111-211111-211; shufflenet_nas: one choice "
-        "(3, 5, 7 or x) per block, stages split by '-', e.g. 3573-5x77-33x3x357-7x33",
-    )
-    depths: list[int] | None = Field(
-        None, description="shufflenet_supernet: blocks per stage (default 4, 4, 8, 4)"
-    )
-    widths: list[int] | None = Field(
-        None,
-        description="shufflenet_*: stage widths before width_mult (default 64, 160, 320, 640)",
-    )
-    block: Literal["bottleneck", "basic", "resnext"] = "bottleneck"
-    base_width: int = Field(64, ge=1, description="serial: first-stage width")
-    frozen_bn: bool = Field(False, description="serial: FrozenBatchNorm2d (torchvision's R-CNN)")
+    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="channel width multiplier")
 
-    @model_validator(mode="after")
-    def _serial_code(self) -> BackboneConfig:
-        if self.name == "serial":
-            from nasdet.spaces.serial import SerialCode
+    def build(self) -> nn.Module:
+        from nasdet.models.baselines import BASELINES
 
-            if self.code is None:
-                raise ValueError("a serial backbone needs code (e.g. '111-2111-211111-211')")
-            SerialCode.parse(self.code)
-        elif self.name == "shufflenet_nas":
-            from nasdet.spaces.shufflenet import ShuffleNetCode
-
-            if self.code is None:
-                raise ValueError(
-                    "a shufflenet_nas backbone needs code (e.g. '3573-5x77-33x3x357-7x33')"
-                )
-            code = ShuffleNetCode.parse(self.code)
-            if self.widths is not None and len(self.widths) != len(code.depths):
-                raise ValueError(
-                    f"widths has {len(self.widths)} stages, code has {len(code.depths)}"
-                )
-        elif self.code is not None:
-            raise ValueError(f"code is for name: serial or shufflenet_nas, not {self.name}")
-        if self.depths is not None and self.name != "shufflenet_supernet":
-            raise ValueError(
-                "depths is for name: shufflenet_supernet (a static net's code has them)"
-            )
-        if self.name == "shufflenet_supernet" and self.widths and self.depths:
-            if len(self.widths) != len(self.depths):
-                raise ValueError(f"widths has {len(self.widths)} stages, depths {len(self.depths)}")
-        return self
+        return BASELINES[self.name](
+            width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5))
+        )
 
 
-class ModelConfig(Strict):
+class NeckSpec(Strict):
+    """Base of every neck section (a union told apart by ``name``, like backbones)."""
+
+    def build(self, body: nn.Module, channels: int, extra_levels: str) -> nn.Module:
+        """The neck around ``body``: an :class:`~nasdet.models.backbone.FPNBackbone`."""
+        raise NotImplementedError(f"{type(self).__name__} does not build a neck")
+
+
+class FPNNeck(NeckSpec):
+    """torchvision's feature pyramid network."""
+
+    name: Literal["fpn"] = "fpn"
+
+    def build(self, body: nn.Module, channels: int, extra_levels: str) -> nn.Module:
+        from nasdet.models.backbone import FPNBackbone
+
+        return FPNBackbone(body, channels, extra_levels)
+
+
+def spec_names(spec: type[BaseModel]) -> tuple[str, ...]:
+    """The names a spec class answers to (the values of its ``name`` Literal)."""
+    return tuple(typing.get_args(spec.model_fields["name"].annotation))
+
+
+def spec_union(specs: Sequence[type[BaseModel]]) -> Any:
+    """A pydantic type accepting any of ``specs``, chosen by the ``name`` key (default: the
+    first name of the first spec), for ``ModelConfig[...]``."""
+    tag_of = {n: spec.__name__ for spec in specs for n in spec_names(spec)}
+    default = spec_names(specs[0])[0]
+
+    def tag(v: Any) -> str:
+        name = v.get("name", default) if isinstance(v, dict) else getattr(v, "name", default)
+        return tag_of.get(name, str(name))
+
+    members = tuple(Annotated[s, Tag(s.__name__)] for s in specs)
+    return Annotated[typing.Union[members], Discriminator(tag)]  # noqa: UP007
+
+
+B = TypeVar("B", bound=BackboneSpec)
+N = TypeVar("N", bound=NeckSpec)
+
+# fields that apply to some detectors only: a value other than the default elsewhere is an error
+_DETECTOR_FIELDS: dict[str, tuple[str, ...]] = {
+    "representation_size": ("fasterrcnn",),
+    "rpn_batch_size_per_image": ("fasterrcnn",),
+    "box_batch_size_per_image": ("fasterrcnn",),
+    "rpn_pre_nms_top_n": ("fasterrcnn",),
+    "rpn_post_nms_top_n": ("fasterrcnn",),
+    "fcos_num_convs": ("fcos",),
+    "aspect_ratios": ("fasterrcnn", "retinanet"),
+    "anchor_base": ("fasterrcnn", "retinanet", "fcos"),
+    "fpn_channels": ("fasterrcnn", "retinanet", "fcos"),
+    "extra_levels": ("fasterrcnn", "retinanet", "fcos"),
+    "neck": ("fasterrcnn", "retinanet", "fcos"),
+    "ssd_extra_channels": ("ssd", "ssdlite"),
+    "ssd_min_ratio": ("ssd", "ssdlite"),
+    "ssd_max_ratio": ("ssd", "ssdlite"),
+}
+
+
+class ModelConfig(Strict, Generic[B, N]):
+    """The detector: ``detector`` on ``backbone`` (a spec chosen by ``name``) with ``neck``."""
+
     detector: Literal["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite"] = "fcos"
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    backbone: B = Field({"name": "resnet18"}, validate_default=True)  # type: ignore[assignment]
     fpn_channels: int = Field(64, ge=8, description="FPN width (not used by SSD)")
-    neck: Literal["fpn", "parallel_fpn"] = "fpn"
-    neck_code: str | None = Field(None, description="parallel_fpn: blocks per level, e.g. 0-1-0")
+    neck: N = Field({"name": "fpn"}, validate_default=True)  # type: ignore[assignment]
     extra_levels: Literal["none", "pool", "p6p7"] | None = Field(
         None, description="levels added after the FPN; default: pool (Faster R-CNN), none"
     )
@@ -185,6 +242,38 @@ class ModelConfig(Strict):
     score_thresh: float = Field(0.05, ge=0.0, le=1.0)
     nms_thresh: float = Field(0.5, gt=0.0, le=1.0)
     detections_per_img: int = Field(100, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _neck_shorthand(cls, data: Any) -> Any:
+        """``neck: parallel_fpn`` + ``neck_code: 0-1-0`` (the flat form) as a neck section."""
+        if not isinstance(data, dict) or not isinstance(data.get("neck", {}), str | type(None)):
+            return data
+        data = dict(data)
+        neck = {"name": data.pop("neck", None) or "fpn"}
+        if "neck_code" in data:
+            code = data.pop("neck_code")
+            if neck["name"] == "fpn" and code is not None:
+                raise ValueError("neck_code is for neck: parallel_fpn, not fpn")
+            if code is not None:
+                neck["code"] = code
+        data["neck"] = neck
+        return data
+
+    @model_validator(mode="after")
+    def _detector_fields(self) -> ModelConfig:
+        for key, detectors in _DETECTOR_FIELDS.items():
+            if self.detector in detectors or key not in self.model_fields_set:
+                continue
+            default = type(self).model_fields[key].get_default(call_default_factory=True)
+            value = getattr(self, key)
+            if key == "neck":
+                value, default = self.neck.model_dump(), {"name": "fpn"}
+            if value != default:
+                raise ValueError(
+                    f"{key} is for detector {' or '.join(detectors)}, not {self.detector}"
+                )
+        return self
 
 
 # ----------------------------------------------------------------------------- training
@@ -213,21 +302,65 @@ class EvalConfig(Strict):
     batch_size: int = Field(16, ge=1)
 
 
-class Config(Strict):
+class Config(Strict, Generic[B, N]):
+    """A training config: what ``nasdet train`` reads, and the part of every run config that
+    candidates share. Parametrised by the backbone and neck specs it accepts: the full set is
+    ``nasdet.methods.TrainConfig``."""
+
     seed: int = 0
     data: DataConfig = Field(default_factory=DigitsData)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig[B, N] = Field({}, validate_default=True)  # type: ignore[assignment]
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
+class RunConfig(Config[B, N], Generic[B, N]):
+    """Base of every method's run config: a training config plus ``method``, ``pipeline`` and
+    one section per step (declared by the subclass; ``STEPS`` lists them in order)."""
+
+    STEPS: ClassVar[tuple[str, ...]] = ()
+    method: str
+    pipeline: list[str] | None = Field(
+        None, description="steps to run, in order (default: every step section given)"
+    )
+
+    @model_validator(mode="after")
+    def _pipeline(self) -> RunConfig:
+        for name in self.pipeline or []:
+            if name not in self.STEPS:
+                raise ValueError(
+                    f"pipeline: unknown step {name!r} — {self.method} has {', '.join(self.STEPS)}"
+                )
+        for name in self.steps:
+            if getattr(self, name, None) is None:
+                raise ValueError(f"pipeline names step '{name}' but the config has no {name}:")
+        return self
+
+    @property
+    def steps(self) -> list[str]:
+        """The steps to run, in order: ``pipeline`` when given, else every step with a section."""
+        if self.pipeline is not None:
+            return list(self.pipeline)
+        return [n for n in self.STEPS if getattr(self, n, None) is not None]
+
+    def base(self) -> dict[str, Any]:
+        """The training part (seed, data, model, train, eval) as plain data."""
+        return self.model_dump(mode="json", include={"seed", "data", "model", "train", "eval"})
+
+
+BASE_SPECS: tuple[type[BackboneSpec], ...] = (TorchvisionBackbone,)
+BASE_NECKS: tuple[type[NeckSpec], ...] = (FPNNeck,)
+BaseConfig = Config[spec_union(BASE_SPECS), spec_union(BASE_NECKS)]  # type: ignore[misc]
+
+
 # ----------------------------------------------------------------------------- loading
-C = TypeVar("C", bound=Config)
+C = TypeVar("C", bound=BaseModel)
 
 
-def load_config(path: str | Path, schema: type[C] = Config) -> C:  # type: ignore[assignment]
-    """Read and validate a YAML config against ``schema`` (a :class:`Config` subclass);
-    :class:`ConfigError` (one line) on any mistake."""
+def load_config(path: str | Path, schema: type[C] | None = None) -> C:
+    """Read and validate a YAML config against ``schema`` (``nasdet.methods.TrainConfig`` takes
+    every backbone; the default, :data:`BaseConfig`, torchvision's only); :class:`ConfigError`
+    (one line) on any mistake."""
     return parse_config(read_yaml(path), source=str(path), schema=schema)
 
 
@@ -249,12 +382,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_config(
-    raw: dict[str, Any],
-    *,
-    source: str = "<config>",
-    schema: type[C] = Config,  # type: ignore[assignment]
+    raw: dict[str, Any], *, source: str = "<config>", schema: type[C] | None = None
 ) -> C:
-    """Validate a config dict against ``schema``; errors name ``source`` and the key path."""
+    """Validate a config dict against ``schema`` (default :data:`BaseConfig`); errors name
+    ``source`` and the key path."""
+    schema = schema or BaseConfig  # type: ignore[assignment]
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
@@ -264,14 +396,15 @@ def parse_config(
 def _describe(err: ValidationError, root: type[BaseModel]) -> str:
     """One line for the first error: key path, what is wrong, what is expected."""
     first = err.errors()[0]
-    full = [str(p) for p in first["loc"]]
-    loc = [p for p in full if p not in DATA_FORMATS]
+    loc, model, choices = _walk(root, [str(p) for p in first["loc"]])
     key = ".".join(loc) or "(top level)"
     if first["type"] == "union_tag_invalid":
         got = first["ctx"]["tag"]
-        return f"{key}.format: unknown format {got!r} — expected one of {', '.join(DATA_FORMATS)}"
+        what = "format" if loc and loc[-1] == "data" else "name"
+        expected = ", ".join(choices) or str(first["ctx"].get("expected_tags", ""))
+        return f"{key}.{what}: unknown {what} {got!r} — expected one of {expected}"
     if first["type"] == "extra_forbidden":
-        known = _known_keys(root, full[:-1])
+        known = sorted(model.model_fields) if hasattr(model, "model_fields") else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
         return f"{key}: unknown key — {hint}"
@@ -279,28 +412,72 @@ def _describe(err: ValidationError, root: type[BaseModel]) -> str:
         return f"{key}: required key is missing"
     got = first.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-    return f"{key}: {first['msg']}{shown}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg}{shown}"
 
 
-def _known_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
-    """Field names of the section at ``loc`` (a pydantic error path, union tags included)."""
+def _walk(root: type[BaseModel], raw_loc: list[str]) -> tuple[list[str], Any, list[str]]:
+    """A pydantic error path without union tags, the section that holds its last key, and the
+    names the union at the end of the path accepts (for an unknown ``name``/``format``)."""
+    loc: list[str] = []
     model: Any = root
-    for part in loc:
-        if part in DATA_FORMATS:
-            model = DATA_FORMATS[part]
+    choices: list[str] = []
+    for part in raw_loc:
+        members = _members(model)
+        if part in {m.__name__ for m in members} | _tags(members):
+            model = next((m for m in members if m.__name__ == part), None) or next(
+                m for m in members if part in _tags([m])
+            )
             continue
+        loc.append(part)
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
-            return []
+            return loc, model, choices
         model = _section_type(field.annotation)
-    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+        choices = sorted(_tags(_members(model)))
+    return loc, model, choices
+
+
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    """The model classes a section may be: a union's members, or the one class."""
+    if hasattr(annotation, "model_fields"):
+        return [annotation]
+    return _union_members(annotation)
+
+
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    """The model classes of a (possibly ``Annotated``) union, else []."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _union_members(args[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        out = []
+        for a in args:
+            inner = typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a
+            if hasattr(inner, "model_fields") and inner not in out:
+                out.append(inner)
+        return out
+    return []
+
+
+def _tags(members: Sequence[type[BaseModel]]) -> set[str]:
+    """The ``name`` (or data ``format``) values the member classes answer to."""
+    out: set[str] = set()
+    for m in members:
+        for key in ("name", "format"):
+            if key in m.model_fields:
+                out |= {str(a) for a in typing.get_args(m.model_fields[key].annotation)}
+    return out
 
 
 def _section_type(annotation: Any) -> Any:
-    """The model class inside ``X | None`` / ``list[X]`` annotations (else the annotation)."""
-    if hasattr(annotation, "model_fields"):
+    """The model class or union inside ``X | None`` / ``list[X]`` annotations (else as is)."""
+    if hasattr(annotation, "model_fields") or _union_members(annotation):
+        members = _union_members(annotation)
+        if members and all(hasattr(m, "model_fields") for m in members) and len(members) == 1:
+            return members[0]
         return annotation
     for arg in typing.get_args(annotation):
-        if hasattr(_section_type(arg), "model_fields"):
+        if hasattr(arg, "model_fields") or _union_members(arg):
             return _section_type(arg)
     return annotation

@@ -27,3 +27,7 @@ class CheckpointError(NasdetError):
 
 class TrainingDiverged(NasdetError):
     """The loss became NaN or infinite during training."""
+
+
+class WorkFailed(NasdetError):
+    """Work failed at run time (a candidate, a step); the CLI exits 1, not 2."""

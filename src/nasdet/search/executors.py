@@ -28,6 +28,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from pydantic import Field
+
+from nasdet.config import Strict
 from nasdet.errors import ConfigError, NasdetError
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "RayExecutor",
     "Task",
     "TaskFn",
+    "ExecutorSettings",
     "make_executor",
 ]
 
@@ -320,6 +324,33 @@ class RayExecutor(Executor):
             self._ray.shutdown()
             logger.info("Ray shut down")
         self._started = False
+
+
+class ExecutorSettings(Strict):
+    """The executor keys of a search step's config section (one schema for every method)."""
+
+    executor: Literal["inprocess", "ray"] = Field(
+        "inprocess", description="inprocess: one candidate at a time here; ray: Ray workers"
+    )
+    address: str | None = Field(None, description="Ray cluster address (None: local instance)")
+    workers: int | None = Field(None, ge=1, description="candidates evaluated at once (Ray)")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs each Ray worker reserves")
+
+    def make_executor(self) -> Executor:
+        """The executor these settings describe (enter it to release its workers at the end)."""
+        if self.executor == "inprocess":
+            return make_executor("inprocess")
+        return make_executor(
+            "ray",
+            address=self.address,
+            max_workers=self.workers,
+            num_gpus_per_task=self.gpus_per_worker,
+        )
+
+    @staticmethod
+    def keys(section: str) -> tuple[str, ...]:
+        """Dotted keys of these settings under ``section``: they may change on resume."""
+        return tuple(f"{section}.{k}" for k in ExecutorSettings.model_fields)
 
 
 def make_executor(kind: Literal["inprocess", "ray"], **kwargs: Any) -> Executor:

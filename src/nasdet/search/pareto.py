@@ -102,6 +102,21 @@ def parse_objectives(keys: Sequence[str]) -> list[Objective]:
     return objectives
 
 
+def check_objectives(keys: list[str]) -> list[str]:
+    """``keys`` when :func:`parse_objectives` accepts them and one is maximised (a metric to
+    rank by); ``ValueError`` otherwise (for config validators)."""
+    primary_metric(keys)
+    return keys
+
+
+def primary_metric(keys: Sequence[str]) -> str:
+    """The first maximised objective of ``keys`` (the metric candidates are ranked by)."""
+    for objective in parse_objectives(keys):
+        if objective.maximize:
+            return objective.key
+    raise ValueError(f"objective keys {list(keys)} have no metric to maximise (e.g. mAP)")
+
+
 def _as_objectives(objectives: Sequence[Objective | str]) -> list[Objective]:
     if all(isinstance(o, Objective) for o in objectives) and objectives:
         return list(objectives)  # type: ignore[arg-type]

@@ -322,6 +322,12 @@ class RecordStore:
             logger.info("%s: %d running record(s) put back to pending", self.path, count)
         return count
 
+    def delete_step(self, step: str) -> int:
+        """Remove every record of ``step`` (a restart of that step); return how many."""
+        with self._db.write() as cur:
+            cur.execute("DELETE FROM records WHERE step = ?", (step,))
+            return int(cur.rowcount)
+
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, record_id: int) -> Record:

@@ -11,22 +11,32 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-import nasdet
+from nasdet import build
 from nasdet.build import build_datasets, build_detector
-from nasdet.config import Config, ModelConfig
 from nasdet.cost import measure_latency
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
-from nasdet.models.export import subnet_architecture
-from nasdet.runconfig import Limits
-from nasdet.search.candidate import candidate_cost
-from nasdet.spaces.shufflenet import ShuffleNetCode
+from nasdet.methods.detnas.config import Limits, Model, TrainConfig
+from nasdet.methods.detnas.space import ShuffleNetCode
+from nasdet.search.costs import candidate_cost
+from nasdet.search.supernet import supernet_spec
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """A model file of a DetNAS run (the supernet, or a subnet)."""
+    return build.load_model(path, Model)
+
+
+def subnet_architecture(supernet: Model, code: ShuffleNetCode) -> Model:
+    """The ``model`` section of the static subnet ``code`` of a supernet's ``model`` section."""
+    return supernet.model_copy(update={"backbone": supernet_spec(supernet).subnet(code)})
 
 
 @functools.lru_cache(maxsize=2)
@@ -34,8 +44,8 @@ def load_supernet(path: str, config_json: str) -> tuple[nn.Module, Any, dict[str
     """The supernet detector, the datasets and its pristine BN buffers (cached per process: a
     worker scores many candidates of the same supernet). ``config_json``: a Config dump."""
 
-    cfg = Config.model_validate(json.loads(config_json))
-    model = nasdet.load_model(path, map_location="cpu")
+    cfg = TrainConfig.model_validate(json.loads(config_json))
+    model = load_model(path)
     data = build_datasets(cfg.data, seed=cfg.seed)
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
     return model, data, buffers
@@ -48,7 +58,7 @@ def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
     (recalibrate / train / none), ``calibrate_samples``. Returns ``metrics`` (COCO stats on the
     search split, or val when there is none).
     """
-    cfg = Config.model_validate(payload["config"])
+    cfg = TrainConfig.model_validate(payload["config"])
     model, data, pristine = load_supernet(payload["supernet"], json.dumps(payload["config"]))
     model.load_state_dict(pristine, strict=False)  # BN statistics as trained, not as last scored
     model.backbone.body.set_active_subnet(ShuffleNetCode.parse(payload["genotype"]))
@@ -80,7 +90,7 @@ def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
 class SubnetCost:
     """Params/FLOPs (and latency when a limit needs it) of a subnet, backbone and detector."""
 
-    supernet: ModelConfig
+    supernet: Model
     num_classes: int
     input_size: int
     backbone_latency: bool = False

@@ -28,24 +28,32 @@ from typing import Any
 import torch
 from torch import nn
 
-import nasdet
 from nasdet.build import build_backbone, build_datasets, build_detector, make_trainer, num_classes
-from nasdet.config import Config
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.classify import pretrain_backbone
 from nasdet.engine.distributed import current as dist_current
 from nasdet.engine.train import resolve_device
 from nasdet.errors import ConfigError
-from nasdet.models.export import export_subnet, subnet_architecture
+from nasdet.method import MethodResult
+from nasdet.methods.detnas.config import DetNASRunConfig, TrainConfig
+from nasdet.methods.detnas.scoring import (
+    SubnetCost,
+    check_limits,
+    limits_text,
+    load_model,
+    load_supernet,
+    score_subnet,
+    subnet_architecture,
+)
+from nasdet.methods.detnas.space import ShuffleNetCode, ShuffleNetSpace, handcrafted
 from nasdet.models.io import atomic_save, read_weights, save_model
-from nasdet.runconfig import DetNASRunConfig
-from nasdet.search.candidate import candidate_cost
-from nasdet.search.detnas import SubnetCost, check_limits, limits_text, load_supernet, score_subnet
+from nasdet.search.costs import candidate_cost
 from nasdet.search.evolution import EvolutionSettings, InfeasibleConstraints, evolution_search
 from nasdet.search.executors import Executor, make_executor
 from nasdet.search.pareto import pareto_records, write_pareto_csv
 from nasdet.search.records import Record, RecordStore
-from nasdet.spaces.shufflenet import ShuffleNetCode, ShuffleNetSpace, handcrafted
+from nasdet.search.supernet import export_subnet
+from nasdet.training import config_fingerprint, train_step
 
 log = logging.getLogger(__name__)
 SUPERNET = "supernet"  # genotype of the supernet's records
@@ -53,7 +61,7 @@ SUPERNET = "supernet"  # genotype of the supernet's records
 
 def base_config(cfg: DetNASRunConfig) -> dict[str, Any]:
     """The training part of a run config as plain data."""
-    return cfg.model_dump(mode="json", include=set(Config.model_fields))
+    return cfg.base()
 
 
 @dataclass(frozen=True)
@@ -121,8 +129,6 @@ def _classification_root(cfg: DetNASRunConfig, root: Path | None, out: Path) -> 
 
 def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
     """Step 2: train the supernet detector (DDP under torchrun); the supernet model file."""
-    from nasdet.pipeline import config_fingerprint
-
     step_dir = out / "output" / "supernet_train"
     dest = step_dir / "supernet.pth"
     dist = dist_current()
@@ -304,8 +310,6 @@ def _train_subnet(
     role: str,
     parent_id: int | None,
 ) -> Record:
-    from nasdet.pipeline import train_step
-
     step = cfg.subnet_train
     assert step is not None
     found = _done(store, "subnet_train", str(code))
@@ -334,43 +338,34 @@ def _train_subnet(
     config["model"] = arch.model_dump(mode="json")
     if step.epochs:
         config["train"]["epochs"] = step.epochs
-    train_cfg = Config.model_validate(config)
+    train_cfg = TrainConfig.model_validate(config)
     rec = store.find("subnet_train", str(code)) or store.add(
         "subnet_train", str(code), parent_id=parent_id, extra={"role": role}
     )
     store.reset_running("subnet_train")
     store.claim(rec.id)
     result = train_step(train_cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file())
-    cost = candidate_cost(nasdet.load_model(result.model_path), cfg.model.min_size)
+    cost = candidate_cost(load_model(result.model_path), cfg.model.min_size)
     log.info("subnet_train %s %s: val mAP %.4f", role, code, result.metrics["mAP"])
     return store.finish(rec.id, result.metrics, weights_path=str(result.model_path), cost=cost)
 
 
 # ----------------------------------------------------------------------------- the run
-def run(cfg: DetNASRunConfig, out: Path) -> tuple[Record | None, Record | None, list[str]]:
-    """Run the DetNAS steps of ``cfg`` into ``out``; returns (final record, baseline record,
-    steps run). Under ``torchrun`` only ``supernet_train`` may run (DDP)."""
-    from nasdet.engine.distributed import init_distributed
-
-    dist = init_distributed()
-    if dist.world_size > 1 and cfg.steps != ["supernet_train"]:
+def run(cfg: DetNASRunConfig, out: Path) -> MethodResult:
+    """Run the DetNAS steps of ``cfg`` into ``out``. Under ``torchrun`` only ``supernet_train``
+    may run (DDP)."""
+    if dist_current().world_size > 1 and cfg.steps != ["supernet_train"]:
         raise ConfigError(
             "under torchrun only the supernet_train step runs (DDP): pass --steps "
             "supernet_train, then run the other steps without torchrun"
         )
     store = RecordStore(out / "records.sqlite")
     s = cfg.evolution_search
-    ex = make_executor(
-        s.executor if s else "inprocess",
-        **(
-            {"address": s.address, "max_workers": s.workers, "num_gpus_per_task": s.gpus_per_worker}
-            if s and s.executor == "ray"
-            else {}
-        ),
-    )
+    ex = s.make_executor() if s else make_executor("inprocess")
     final: Record | None = None
     baseline: Record | None = None
-    records: list[Record] = []
+    model: Path | None = None
+    key = _score_key(cfg)
     supernet_path = out / "output" / "supernet_train" / "supernet.pth"
     with ex:
         for name in cfg.steps:
@@ -384,10 +379,31 @@ def run(cfg: DetNASRunConfig, out: Path) -> tuple[Record | None, Record | None, 
                     raise ConfigError(
                         f"evolution_search: {supernet_path} not found — run supernet_train first"
                     )
-                records = evolution(cfg, store, out, supernet_path, ex)
-                final = records[0]
+                final = evolution(cfg, store, out, supernet_path, ex)[0]
+                model = out / "output" / "evolution_search" / f"subnet_{final.id}.pth"
             else:
-                done = [r for r in store.records("evolution_search", status="done")]
-                best = max(done, key=lambda r: r.metrics.get("mAP", 0.0), default=None)
+                done = store.records("evolution_search", status="done")
+                best = max(done, key=lambda r: r.metrics.get(key, float("-inf")), default=None)
                 final, baseline = subnet_train(cfg, store, out, best)
-    return final, baseline, cfg.steps
+                model = None
+    shown = [s for s in cfg.steps if s in ("evolution_search", "subnet_train")]
+    objectives = list(cfg.evolution_search.objective_keys) if cfg.evolution_search else [key]
+    note = ""
+    if baseline is not None:
+        epochs = (cfg.subnet_train and cfg.subnet_train.epochs) or cfg.train.epochs
+        note = (
+            f"hand-crafted {baseline.genotype} (every block 3x3), {epochs} epochs like the winner"
+        )
+    return MethodResult(
+        final=final,
+        baseline=baseline,
+        baseline_note=note,
+        report_steps=shown,
+        objectives=objectives,
+        model=model,
+    )
+
+
+def _score_key(cfg: DetNASRunConfig) -> str:
+    """The run's primary metric: the first objective of the evolution search."""
+    return cfg.evolution_search.objective_keys[0] if cfg.evolution_search else "mAP"

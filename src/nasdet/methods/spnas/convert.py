@@ -1,7 +1,7 @@
 """Faster R-CNN on a serial backbone, and conversion of torchvision's COCO checkpoint to it.
 
 SP-NAS starts its serial search from torchvision's ``fasterrcnn_resnet50_fpn`` COCO weights
-(``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``). :class:`~nasdet.models.serial.SerialBackbone`
+(``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``). :class:`~nasdet.methods.spnas.nets.SerialBackbone`
 keeps torchvision's ResNet parameter names and :func:`~nasdet.models.detectors.fasterrcnn` builds
 torchvision's FPN, RPN and box heads, so the checkpoint loads by name: only the legacy names of
 files saved before torchvision 0.13 (``fpn.inner_blocks.0.weight``, ``rpn.head.conv.weight``) are
@@ -19,9 +19,12 @@ from typing import Any
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 
+from nasdet.build import build_detector
+from nasdet.cost import count_params
 from nasdet.errors import CheckpointError
-from nasdet.models.io import load_state_dict_checked, read_weights
-from nasdet.spaces.serial import BlockType, SerialCode
+from nasdet.methods.spnas.config import Model
+from nasdet.methods.spnas.space import BlockType, SerialCode
+from nasdet.models.io import load_state_dict_checked, read_weights, save_model
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,6 @@ def build_serial_fasterrcnn(
     ``min_size`` / ``max_size`` (pixels) bound the resized image sides; ``levels`` (default all)
     are the backbone levels fed to the FPN.
     """
-    from nasdet.build import build_detector  # the config edge builds every nasdet model
-    from nasdet.config import ModelConfig
-
     arch = serial_fasterrcnn_architecture(
         code,
         block=block,
@@ -67,7 +67,7 @@ def build_serial_fasterrcnn(
         base_width=base_width,
         levels=levels,
     )
-    return build_detector(ModelConfig.model_validate(arch), num_classes, load_weights=False)
+    return build_detector(Model.model_validate(arch), num_classes, load_weights=False)
 
 
 def serial_fasterrcnn_architecture(
@@ -181,3 +181,21 @@ def coco_categories(num_classes: int) -> tuple[list[str], list[int]]:
     else:
         names = [f"class_{i}" for i in range(1, num_classes)]
     return names, list(range(1, num_classes))
+
+
+def convert_command(checkpoint: Path, out: Path, *, min_size: int, max_size: int) -> str:
+    """``nasdet convert torchvision-fasterrcnn``: write ``out``; one line saying what it wrote."""
+    model, arch = convert_torchvision_fasterrcnn(checkpoint, min_size=min_size, max_size=max_size)
+    categories, cat_ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
+    path = save_model(
+        out,
+        model,
+        architecture=arch,
+        categories=categories,
+        cat_ids=cat_ids,
+        meta={"converted_from": str(checkpoint)},
+    )
+    return (
+        f"wrote {path}: Faster R-CNN on SerialBackbone('{arch['backbone']['code']}'), "
+        f"{count_params(model):,} parameters, {len(categories)} classes"
+    )

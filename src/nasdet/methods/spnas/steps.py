@@ -13,46 +13,44 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import nasdet
 from nasdet.build import build_detector, num_classes
-from nasdet.config import Config, ModelConfig
 from nasdet.data import make_digits_classification
 from nasdet.engine.classify import pretrain_backbone
 from nasdet.engine.train import resolve_device
 from nasdet.errors import ConfigError, NasdetError
-from nasdet.models.convert import convert_torchvision_fasterrcnn
+from nasdet.method import MethodResult
+from nasdet.methods.spnas.candidate import evaluate_candidate, load_model
+from nasdet.methods.spnas.config import DETECTORS, Model, SpNasRunConfig, Step, substitute
+from nasdet.methods.spnas.convert import convert_torchvision_fasterrcnn
+from nasdet.methods.spnas.parts import SerialBackboneSpec
+from nasdet.methods.spnas.proposers import ParallelProposer, SerialProposer, cost_checker
+from nasdet.methods.spnas.space import SerialCode, SerialSpace
 from nasdet.models.io import save_model
-from nasdet.runconfig import DETECTORS, RunConfig, Step, substitute
-from nasdet.search.candidate import candidate_cost, evaluate_candidate
+from nasdet.search.costs import candidate_cost
 from nasdet.search.driver import add_root, run_search, write_step_outputs
 from nasdet.search.executors import Executor, Task
 from nasdet.search.records import Record, RecordStore
-from nasdet.search.spnas import ParallelProposer, SerialProposer, cost_checker
-from nasdet.spaces.serial import SerialCode, SerialSpace
 
 log = logging.getLogger(__name__)
 
 
-def base_config(cfg: RunConfig) -> dict[str, Any]:
+def base_config(cfg: SpNasRunConfig) -> dict[str, Any]:
     """The training part of a run config as plain data (what candidates need)."""
-    return cfg.model_dump(mode="json", include=set(Config.model_fields))
+    return cfg.base()
 
 
-def start_architecture(cfg: RunConfig) -> ModelConfig:
+def start_architecture(cfg: SpNasRunConfig) -> Model:
     """The model section of the starting serial network (search space's first code)."""
     codes = (cfg.serial.hyperparameter("network.backbone.code") if cfg.serial else None) or [
         "111-2111-211111-211"
     ]
     code = SerialSpace(block=cfg.search.block).check(str(codes[0])) if cfg.serial else codes[0]
-    backbone = cfg.model.backbone.model_copy(
-        update={
-            "name": "serial",
-            "code": str(code),
-            "block": cfg.search.block,
-            "base_width": cfg.search.base_width,
-            "levels": None,
-            "width_mult": 1.0,
-        }
+    backbone = SerialBackboneSpec(
+        code=str(code),
+        block=cfg.search.block,
+        base_width=cfg.search.base_width,
+        weights=cfg.model.backbone.weights,
+        frozen_bn=getattr(cfg.model.backbone, "frozen_bn", False),
     )
     desc = next(
         (
@@ -66,20 +64,23 @@ def start_architecture(cfg: RunConfig) -> ModelConfig:
     return cfg.model.model_copy(update={"backbone": backbone, "detector": detector})
 
 
-def _best(records: list[Record]) -> Record:
-    return max(records, key=lambda r: r.metrics.get("mAP", float("-inf")))
+def _best(records: list[Record], metric: str) -> Record:
+    return max(records, key=lambda r: r.metrics.get(metric, float("-inf")))
 
 
 # ----------------------------------------------------------------------------- steps
-def fine_tune(cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor) -> Record:
+def fine_tune(
+    cfg: SpNasRunConfig, step: Step, store: RecordStore, out: Path, ex: Executor
+) -> Record:
     """Train the starting architecture (optionally from a converted torchvision checkpoint)."""
     arch = start_architecture(cfg)
-    found = store.find("fine_tune", str(arch.backbone.code))
-    if found is not None and found.status == "done":
-        log.info("fine_tune: done already (#%d, mAP %.4f)", found.id, found.metrics["mAP"])
-        return found
     step_dir = out / "output" / "fine_tune"
     step_dir.mkdir(parents=True, exist_ok=True)
+    found = store.find("fine_tune", str(arch.backbone.code))
+    if found is not None and found.status == "done":
+        log.info("fine_tune: done already (#%d)", found.id)
+        write_step_outputs(store, "fine_tune", step_dir, _objectives(cfg))  # a kill may have
+        return found  # come between the record and these files
     parent = None
     pretrained = substitute(step.model.pretrained_model_file, out)
     if pretrained is not None:
@@ -100,7 +101,7 @@ def fine_tune(cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Exe
         ex,
         found=found,
     )
-    write_step_outputs(store, "fine_tune", step_dir, ["mAP", "params"])
+    write_step_outputs(store, "fine_tune", step_dir, _objectives(cfg))
     return rec
 
 
@@ -110,18 +111,18 @@ def _import_pretrained(path: Path, convert: bool, dest: Path) -> None:
     if dest.is_file():
         return
     if convert:
-        from nasdet.models.convert import coco_categories
+        from nasdet.methods.spnas.convert import coco_categories
 
         model, arch = convert_torchvision_fasterrcnn(path)
         names, ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
         save_model(dest, model, architecture=arch, categories=names, cat_ids=ids)
     else:
-        nasdet.load_model(path)  # fails with a one-line message if it is not a model file
+        load_model(path)  # fails with a one-line message if it is not a model file
         shutil.copyfile(path, dest)
 
 
 def serial(
-    cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, root: Record
+    cfg: SpNasRunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, root: Record
 ) -> list[Record]:
     """SpNasS: grow the serial backbone from the fine-tuned start by mutation + inheritance."""
     algo = step.search_algorithm
@@ -165,13 +166,14 @@ def serial(
 
 
 def reignition(
-    cfg: RunConfig, step: Step, store: RecordStore, out: Path, members: list[Record]
+    cfg: SpNasRunConfig, step: Step, store: RecordStore, out: Path, members: list[Record]
 ) -> list[Record]:
     """Re-pretrain the backbones of the best serial members (at most ``max_reignite``) on the
     classification data, carry the weights back into the detector, fine-tune and re-score."""
     step_dir = out / "output" / "reignition"
     step_dir.mkdir(parents=True, exist_ok=True)
-    chosen = sorted(members, key=lambda r: -r.metrics.get("mAP", 0.0))[: cfg.search.max_reignite]
+    metric = cfg.primary_metric
+    chosen = sorted(members, key=lambda r: -r.metrics.get(metric, 0.0))[: cfg.search.max_reignite]
     data_root = _classification_root(cfg, out)
     results = []
     for rec in chosen:
@@ -179,7 +181,7 @@ def reignition(
         if found is not None and found.status == "done":
             results.append(found)
             continue
-        model = nasdet.load_model(rec.weights_path)
+        model = load_model(rec.weights_path)
         acc = pretrain_backbone(
             model.backbone.body,
             data_root,
@@ -218,18 +220,18 @@ def reignition(
             rec.id,
             rec.genotype,
             acc,
-            rec.metrics["mAP"],
-            results[-1].metrics["mAP"],
+            rec.metrics[metric],
+            results[-1].metrics[metric],
         )
-    write_step_outputs(store, "reignition", step_dir, ["mAP", "params"])
+    write_step_outputs(store, "reignition", step_dir, _objectives(cfg))
     # a reignited network that scores worse than before does not replace its source
     return [
-        max((r, *[m for m in members if m.genotype == r.genotype]), key=lambda x: x.metrics["mAP"])
+        max((r, *[m for m in members if m.genotype == r.genotype]), key=lambda x: x.metrics[metric])
         for r in results
     ] or members
 
 
-def _classification_root(cfg: RunConfig, out: Path) -> Path:
+def _classification_root(cfg: SpNasRunConfig, out: Path) -> Path:
     root = cfg.search.classification_data
     if root is None:
         root = out / "data" / "digits_cls"
@@ -239,7 +241,12 @@ def _classification_root(cfg: RunConfig, out: Path) -> Path:
 
 
 def parallel(
-    cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, roots: list[Record]
+    cfg: SpNasRunConfig,
+    step: Step,
+    store: RecordStore,
+    out: Path,
+    ex: Executor,
+    roots: list[Record],
 ) -> list[Record]:
     """SpNasP: parallel sub-network blocks on the feature levels of the chosen serial nets."""
     algo = step.search_algorithm
@@ -270,7 +277,7 @@ def parallel(
 
 
 def _search(
-    cfg: RunConfig,
+    cfg: SpNasRunConfig,
     step: str,
     max_sample: int,
     objectives: list[str],
@@ -320,11 +327,16 @@ def _run_single(
 
 
 def fully_train(
-    cfg: RunConfig, step: Step, store: RecordStore, out: Path, ex: Executor, members: list[Record]
+    cfg: SpNasRunConfig,
+    step: Step,
+    store: RecordStore,
+    out: Path,
+    ex: Executor,
+    members: list[Record],
 ) -> Record:
     """Train the winner (best mAP among the last step's Pareto members) for the full budget and
     evaluate it on the validation split."""
-    winner = _best(members)
+    winner = _best(members, cfg.primary_metric)
     found = store.find("fully_train", winner.genotype)
     if found is not None and found.status == "done":
         return found
@@ -350,7 +362,7 @@ def fully_train(
     )
 
 
-def check_start(cfg: RunConfig) -> None:
+def check_start(cfg: SpNasRunConfig) -> None:
     """Fail early (one line) when the starting architecture cannot be built."""
     arch = start_architecture(cfg)
     SerialCode.parse(arch.backbone.code)
@@ -387,3 +399,73 @@ def import_members(store: RecordStore, folder: Path) -> list[Record]:
             found = store.finish(found.id, metrics, weights_path=weights, cost=cost)
         members.append(found)
     return members
+
+
+# ----------------------------------------------------------------------------- the run
+def run(cfg: SpNasRunConfig, out: Path) -> MethodResult:
+    """Run the SP-NAS steps of ``cfg`` in order into ``out``; resumes what a kill stopped."""
+    check_start(cfg)
+    for key, why in cfg.ignored_keys():
+        log.warning("%s is accepted for the seed's sake but not used: %s", key, why)
+    store = RecordStore(out / "records.sqlite")
+    ex = cfg.search.make_executor()
+    objectives = _objectives(cfg)
+    members: list[Record] = []
+    final = None
+    with ex:
+        for name in cfg.steps:
+            step = getattr(cfg, name)
+            if step.search_algorithm is not None:
+                objectives = list(step.search_algorithm.objective_keys)
+            log.info("== step %s ==", name)
+            folder = substitute(step.models_folder, out)
+            if (
+                folder is not None
+                and name != "fine_tune"
+                and (not members or not folder.resolve().is_relative_to(out.resolve()))
+            ):
+                members = import_members(store, folder)  # models of another run's step
+            if name == "fine_tune":
+                members = [fine_tune(cfg, step, store, out, ex)]
+            elif name == "serial":
+                root = members[0] if members else _required(store, "fine_tune")
+                members = serial(cfg, step, store, out, ex, root)
+            elif name == "reignition":
+                members = reignition(cfg, step, store, out, members)
+            elif name == "parallel":
+                members = parallel(cfg, step, store, out, ex, members)
+            else:
+                final = fully_train(cfg, step, store, out, ex, members)
+                members = [final]
+    final = final or _best(members, cfg.primary_metric)
+    start = next(iter(store.records("fine_tune", status="done")), None)
+    return MethodResult(
+        final=final,
+        baseline=start,
+        baseline_note=_baseline_note(cfg, start),
+        report_steps=cfg.steps,
+        objectives=objectives,
+    )
+
+
+def _objectives(cfg: SpNasRunConfig) -> list[str]:
+    """The Pareto objectives of the run: the first search step's (default mAP, params)."""
+    for name in cfg.steps:
+        algo = getattr(cfg, name).search_algorithm
+        if algo is not None:
+            return list(algo.objective_keys)
+    return ["mAP", "params"]
+
+
+def _baseline_note(cfg: SpNasRunConfig, start: Record | None) -> str:
+    if start is None or cfg.fine_tune is None:
+        return ""
+    epochs = cfg.fine_tune.trainer.epochs or cfg.train.epochs
+    return f"the start {start.genotype}, fine_tune: {epochs} epochs"
+
+
+def _required(store: RecordStore, step: str) -> Record:
+    done = store.records(step, status="done")
+    if not done:
+        raise ConfigError(f"step '{step}' has no result in this --out directory; run it first")
+    return done[0]

@@ -10,30 +10,68 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-import nasdet
+from nasdet import build
 from nasdet.build import build_datasets, build_detector, make_trainer
-from nasdet.config import Config, ModelConfig
-from nasdet.cost import detector_cost, measure_latency
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
+from nasdet.methods.spnas.config import Model, TrainConfig
+from nasdet.methods.spnas.nets import SerialBackbone, inherit_weights
 from nasdet.models.io import save_model
-from nasdet.models.serial import SerialBackbone, inherit_weights
+from nasdet.search.costs import candidate_cost
 
 log = logging.getLogger(__name__)
 
 
-def transfer_weights(child: nn.Module, parent: nn.Module) -> tuple[int, int, set[str]]:
-    """Copy every parent tensor into ``child`` where it fits.
+def load_model(path: str | Path) -> nn.Module:
+    """A model file of an SP-NAS run (serial backbones, parallel necks, torchvision's)."""
+    return build.load_model(path, Model)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What :func:`transfer_weights` copied into a child from its parent (state-dict keys).
+
+    Attributes:
+        inherited: child tensors copied from the parent.
+        new: child tensors the parent has no tensor of that name for (left at initialisation;
+            new serial blocks start as identity morphisms).
+        reshaped: child tensors whose parent tensor of the same name has another shape (left
+            at initialisation), as ``(name, child shape, parent shape)``.
+    """
+
+    inherited: frozenset[str]
+    new: tuple[str, ...]
+    reshaped: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+
+    def summary(self) -> str:
+        """One line naming what was left at initialisation."""
+        parts = [f"inherited {len(self.inherited)} tensors"]
+        if self.new:
+            parts.append(f"{len(self.new)} new ({_first(self.new)})")
+        if self.reshaped:
+            shown = [f"{n} {tuple(c)} vs parent {tuple(p)}" for n, c, p in self.reshaped]
+            parts.append(f"{len(self.reshaped)} reshaped ({_first(shown)})")
+        return ", ".join(parts)
+
+
+def _first(names: Sequence[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f", … {len(names) - k} more" if len(names) > k else "")
+
+
+def transfer_weights(child: nn.Module, parent: nn.Module) -> Transfer:
+    """Copy every parent tensor into ``child`` where it fits, and say what did not.
 
     Serial backbones inherit by (stage, block) position with identity-initialised new blocks
-    (:func:`~nasdet.models.serial.inherit_weights`); everything else (neck, heads) by name and
-    shape. Returns (inherited tensors, new tensors, names of inherited parameters).
+    (:func:`~nasdet.methods.spnas.nets.inherit_weights`); everything else (neck, heads) by name,
+    where the shapes match. The tensors left at initialisation are logged and returned.
     """
     child_state, parent_state = child.state_dict(), parent.state_dict()
     inherited: set[str] = set()
@@ -49,21 +87,20 @@ def transfer_weights(child: nn.Module, parent: nn.Module) -> tuple[int, int, set
         if k not in inherited and k in child_state and child_state[k].shape == v.shape
     }
     child_state.update(update)
-    child.load_state_dict(child_state)
+    child.load_state_dict(child_state, strict=True)
     inherited |= set(update)
-    return len(inherited), len(child_state) - len(inherited), inherited
-
-
-def candidate_cost(model: nn.Module, size: int, *, latency: bool = False) -> dict[str, float]:
-    """Params and FLOPs/MACs (whole detector and backbone) at ``size`` x ``size`` input; with
-    ``latency``, also ``latency_ms``: the median CPU latency of one image (torch.benchmark)."""
-    cost = detector_cost(model, (size, size))
-    keys = ("params", "flops", "macs", "backbone_params", "backbone_flops", "backbone_macs")
-    out = {k: float(getattr(cost, k)) for k in keys}
-    if latency:
-        image = torch.rand(3, size, size)
-        out["latency_ms"] = measure_latency(model, [image], min_run_time=0.3).median_ms
-    return out
+    left = [k for k in child_state if k not in inherited and not k.endswith("num_batches_tracked")]
+    result = Transfer(
+        frozenset(inherited),
+        tuple(k for k in left if k not in parent_state),
+        tuple(
+            (k, tuple(child_state[k].shape), tuple(parent_state[k].shape))
+            for k in left
+            if k in parent_state
+        ),
+    )
+    log.info("weights from the parent: %s", result.summary())
+    return result
 
 
 def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
@@ -76,18 +113,17 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
     val when there is none), ``cost``, ``weights_path``, ``inherited``, ``new`` and
     ``train_seconds``.
     """
-    cfg = Config.model_validate(payload["config"])
-    arch = ModelConfig.model_validate(payload["architecture"])
+    cfg = TrainConfig.model_validate(payload["config"])
+    arch = Model.model_validate(payload["architecture"])
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg.data, seed=cfg.seed)
     model = build_detector(arch, len(data.categories) + 1)
-    inherited, new = 0, sum(1 for _ in model.state_dict())
+    transfer = None
     if payload.get("parent_weights"):
-        parent = nasdet.load_model(payload["parent_weights"])
-        inherited, new, names = transfer_weights(model, parent)
+        transfer = transfer_weights(model, load_model(payload["parent_weights"]))
         if payload.get("freeze_inherited"):  # the seed's freeze_swap_keys
             for name, param in model.named_parameters():
-                if name in names:
+                if name in transfer.inherited:
                     param.requires_grad_(False)
     out = Path(payload["out"])
     seconds = train_model(
@@ -119,8 +155,9 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "cost": cost,
         "weights_path": str(out),
-        "inherited": inherited,
-        "new": new,
+        "inherited": len(transfer.inherited) if transfer else 0,
+        "new": len(model.state_dict()) - (len(transfer.inherited) if transfer else 0),
+        "left_at_init": transfer.summary() if transfer else "no parent: every tensor",
         "train_seconds": seconds,
     }
 
@@ -128,7 +165,7 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
 def train_model(
     model: nn.Module,
     train_set: Any,
-    cfg: Config,
+    cfg: TrainConfig,
     *,
     epochs: int,
     work_dir: Path,

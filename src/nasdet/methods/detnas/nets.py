@@ -9,25 +9,23 @@ concatenate and then shuffle channels (2 groups).
 :class:`ShuffleNetV2Supernet` holds all four units of every block (:class:`ChoiceBlock`) and runs
 the active path. Both honour nasdet's backbone contract: a 3x3 stride-2 stem, then stage ``i``
 (first block stride 2) outputs level ``c{i + 2}`` at stride ``2 ** (i + 2)`` input pixels
-(4, 8, 16, 32). Parameter names differ only by ``choices.<k>``, so :func:`subnet_state_dict`
-turns any supernet state dict (a whole detector's too) into the chosen subnet's.
+(4, 8, 16, 32). :meth:`ShuffleNetV2Supernet.get_active_subnet` copies the active path into a
+standalone backbone (the supernet protocol of :mod:`nasdet.search.supernet`).
 """
 
 from __future__ import annotations
 
 import copy
 import random
-import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.models._utils import _make_divisible
 from torchvision.models.shufflenetv2 import channel_shuffle
 
-from nasdet.models.backbone import ShapeSpec
-from nasdet.spaces.shufflenet import (
+from nasdet.methods.detnas.space import (
     CHOICES,
     STAGE_CHANNELS,
     STAGE_DEPTHS,
@@ -35,6 +33,7 @@ from nasdet.spaces.shufflenet import (
     ShuffleNetCode,
     ShuffleNetSpace,
 )
+from nasdet.models.backbone import ShapeSpec
 
 _KERNELS = (3, 5, 7)  # kernel of choices 0..2; choice 3 is the Xception unit
 
@@ -262,7 +261,7 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         depths: blocks per stage (DetNAS: ``4, 4, 8, 4``).
         widths, stem_channels, levels: as :class:`ShuffleNetV2Backbone`.
 
-    The active path starts as :func:`~nasdet.spaces.shufflenet.handcrafted` (all 3x3). Blocks of
+    The active path starts as :func:`~nasdet.methods.detnas.space.handcrafted` (all 3x3). Blocks of
     stages after the last level are not built, but the code keeps a gene for them.
     """
 
@@ -310,8 +309,9 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         self.set_active_subnet(code)
         return code
 
-    def get_active_subnet(self) -> ShuffleNetV2Backbone:
-        """A standalone :class:`ShuffleNetV2Backbone` of the active path with copied weights.
+    def get_active_subnet(self, preserve_weight: bool = True) -> ShuffleNetV2Backbone:
+        """A standalone :class:`ShuffleNetV2Backbone` of the active path; with
+        ``preserve_weight`` (the default) its weights are copies of the supernet's, else fresh.
 
         The stem and chosen units are deep copies (BN statistics, ``requires_grad`` and
         train/eval mode included); the result shares nothing with the supernet.
@@ -320,6 +320,8 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         sub = ShuffleNetV2Backbone(
             code, widths=self.widths, stem_channels=self.stem_channels, levels=self.levels
         )
+        if not preserve_weight:
+            return sub
         sub.stem = copy.deepcopy(self.stem)
         for i, stage in enumerate(self.stages):
             for j, block in enumerate(stage):
@@ -328,33 +330,3 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         sub.stages.training = self.stages.training
         sub.training = self.training
         return sub
-
-
-_CHOICE_KEY = re.compile(r"^(|.*\.)stages\.(\d+)\.(\d+)\.choices\.(\d+)\.(.+)$")
-
-
-def subnet_state_dict(state: Mapping[str, Tensor], code: ShuffleNetCode) -> dict[str, Tensor]:
-    """The state of ``code``'s static subnet taken from a supernet state dict.
-
-    Keys ``<prefix>stages.<i>.<j>.choices.<k>.<rest>`` are kept only when ``k`` is the choice of
-    block ``j`` of stage ``i`` (flat block ``sum(depths[:i]) + j``) and renamed
-    ``<prefix>stages.<i>.<j>.<rest>``; every other key is kept unchanged. So a whole supernet
-    detector's state dict becomes the standalone subnet detector's (``backbone.body.stages...``).
-    ``ValueError`` when a key names a block outside ``code.depths``.
-    """
-    stages = code.stages
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        m = _CHOICE_KEY.match(key)
-        if m is None:
-            out[key] = value
-            continue
-        prefix, i, j, k, rest = m.group(1), int(m[2]), int(m[3]), int(m[4]), m.group(5)
-        if i >= len(stages) or j >= len(stages[i]):
-            raise ValueError(
-                f"state key {key!r} names block {j} of stage {i}, outside the code's depths "
-                f"{code.depths}"
-            )
-        if stages[i][j] == k:
-            out[f"{prefix}stages.{i}.{j}.{rest}"] = value
-    return out

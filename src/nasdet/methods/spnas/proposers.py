@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasdet.build import build_detector
-from nasdet.config import ModelConfig
-from nasdet.models.parallel import levels_branch_flops
-from nasdet.search.candidate import candidate_cost
+from nasdet.methods.spnas.config import Model
+from nasdet.methods.spnas.neck_space import ParallelCode, mutate_parallel, sample_parallel_code
+from nasdet.methods.spnas.parallel_fpn import levels_branch_flops
+from nasdet.methods.spnas.parts import ParallelFPNNeck
+from nasdet.methods.spnas.space import SerialSpace, mutate
+from nasdet.search.costs import candidate_cost
 from nasdet.search.driver import Proposal
 from nasdet.search.pareto import Objective, pareto_records
 from nasdet.search.records import Record, RecordStore
-from nasdet.spaces.parallel import ParallelCode, mutate_parallel, sample_parallel_code
-from nasdet.spaces.serial import SerialSpace, mutate
 
 
 def choose_parent(
@@ -36,8 +37,8 @@ def choose_parent(
     return rng.choice(front) if front else None
 
 
-def _architecture(rec: Record) -> ModelConfig:
-    return ModelConfig.model_validate(rec.extra["payload"]["architecture"])
+def _architecture(rec: Record) -> Model:
+    return Model.model_validate(rec.extra["payload"]["architecture"])
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class ParallelProposer:
             code = mutate_parallel(
                 ParallelCode.parse(neck), rng, max_blocks_per_level=self.max_blocks_per_level
             )
-        arch = arch.model_copy(update={"neck": "parallel_fpn", "neck_code": str(code)})
+        arch = arch.model_copy(update={"neck": ParallelFPNNeck(code=str(code))})
         model = build_detector(arch, self.num_classes, load_weights=False)
         cost = candidate_cost(model, arch.min_size, latency=self.latency)
         payload = {

@@ -4,7 +4,7 @@ After the serial phase, SP-NAS divides the serial network into L sub-networks, o
 level, and searches how many parallel sub-networks (0..K) to add at each. The genotype
 :class:`ParallelCode` is one count per level, written ``0-1-2-3`` (canonical) or as the JSON list
 ``[0, 1, 2, 3]`` (Vega's ``network.neck.code``); ``code[l]`` extra residual blocks run beside
-level ``l`` (:class:`nasdet.models.parallel.ParallelFPN` builds them).
+level ``l`` (:class:`nasdet.methods.spnas.parallel_fpn.ParallelFPN` builds them).
 
 Sampling follows SP-NAS's SpNasP policy, random sampling under a resource constraint: starting
 from no extra block, :func:`sample_parallel_code` adds one block at a time at a level drawn with
@@ -229,8 +229,8 @@ def sample_parallel_code(
 
     Args:
         rng: the random source (reproducible runs pass a seeded ``random.Random``).
-        levels_flops: FLOPs of one extra block at each level (:func:`~nasdet.models.parallel.
-            levels_branch_flops`), one per level; its length is L.
+        levels_flops: FLOPs of one extra block at each level, one per level (see
+            :func:`~nasdet.methods.spnas.parallel_fpn.levels_branch_flops`); its length is L.
         max_blocks_per_level: K, the most extra blocks at one level.
         max_flops: FLOPs budget of the whole net (same unit as ``levels_flops``); None: no limit.
         base_flops: FLOPs of the net without extra blocks (the serial detector).

@@ -1,6 +1,6 @@
 """The SP-NAS serial backbone and weight inheritance between parent and child architectures.
 
-:class:`SerialBackbone` builds a :class:`~nasdet.spaces.serial.SerialCode` from torchvision's
+:class:`SerialBackbone` builds a :class:`~nasdet.methods.spnas.space.SerialCode` from torchvision's
 ``BasicBlock`` / ``Bottleneck`` with torchvision ResNet parameter names (``conv1``, ``bn1``,
 ``layer1.0.conv1.weight``, ``layer1.0.downsample.0.weight``, ``layer5...`` for extra stages), so
 ``111-2111-211111-211`` with bottleneck blocks *is* ResNet-50 and loads a torchvision state dict by
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
+from nasdet.methods.spnas.space import BLOCK_EXPANSION, BlockType, SerialCode
 from nasdet.models.backbone import ShapeSpec
-from nasdet.spaces.serial import BLOCK_EXPANSION, BlockType, SerialCode
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def inherit_weights(child: SerialBackbone, parent: SerialBackbone) -> InheritRep
     same tensor shapes; make the other shape-keeping child blocks identity morphisms.
 
     Parameters and buffers (BN running statistics) are copied alike. After a
-    :func:`~nasdet.spaces.serial.mutate_expand` child the child computes the parent's features
+    :func:`~nasdet.methods.spnas.space.mutate_expand` child the child computes the parent's features
     (module docstring: what swap and add-stage keep).
     """
     parent_units = _by_unit(parent.state_dict())

@@ -38,9 +38,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from nasdet.cost import count_flops
 from nasdet.errors import CheckpointError
+from nasdet.methods.spnas.neck_space import ParallelCode
+from nasdet.methods.spnas.nets import make_identity
 from nasdet.models.backbone import ExtraLevels, FPNBackbone, ShapeSpec, check_backbone
-from nasdet.models.serial import make_identity
-from nasdet.spaces.parallel import ParallelCode
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def branch_flops(body: nn.Module, level: int | str, input_size: tuple[int, int])
 
 def levels_branch_flops(body: nn.Module, input_size: tuple[int, int]) -> list[int]:
     """:func:`branch_flops` of every level ``body`` returns, in code order (the ``levels_flops``
-    of :func:`nasdet.spaces.parallel.sample_parallel_code`)."""
+    of :func:`nasdet.methods.spnas.neck_space.sample_parallel_code`)."""
     return [branch_flops(body, level_key(s), input_size) for s in check_backbone(body)]
 
 

@@ -1,0 +1,26 @@
+"""DetNAS (MMRazor): one-shot ShuffleNetV2 supernet search for detector backbones.
+
+``supernet_pretrain`` (optional, classification) → ``supernet_train`` (SPOS single-path training
+inside the detector; DDP under torchrun) → ``evolution_search`` (constrained evolution, each
+candidate scored on the supernet after BN recalibration) → ``subnet_train`` (the best subnet and
+the hand-crafted ShuffleNetV2, same budget).
+"""
+
+from nasdet.method import Method
+from nasdet.methods.detnas.config import BACKBONES, DetNASRunConfig
+from nasdet.methods.detnas.steps import run
+
+METHOD = Method(
+    name="detnas",
+    title="DetNAS",
+    config=DetNASRunConfig,
+    run=run,
+    backbones=BACKBONES,
+    torchrun_steps=("supernet_train",),
+    volatile_keys=(
+        "evolution_search.executor",
+        "evolution_search.address",
+        "evolution_search.workers",
+        "evolution_search.gpus_per_worker",
+    ),
+)

@@ -1,0 +1,76 @@
+"""The supernet protocol, and standalone subnets of a supernet detector.
+
+A weight-sharing supernet backbone (DetNAS's ShuffleNetV2, OFA's elastic MobileNet...) is an
+``nn.Module`` with three methods, as Once-for-All names them:
+
+- ``set_active_subnet(genotype)``: forward runs that subnet from now on;
+- ``sample_active_subnet(rng) -> genotype``: draw a subnet (``random.Random``), make it active;
+- ``get_active_subnet(preserve_weight=True) -> nn.Module``: a standalone static backbone of the
+  active subnet, its weights copied (sliced) from the supernet; it shares nothing with it.
+
+Its config section is a :class:`~nasdet.config.SupernetSpec`, which parses genotypes and names
+the static subnet's section. :func:`export_subnet` uses only these, for every method.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol, runtime_checkable
+
+from torch import nn
+
+from nasdet.build import build_detector
+from nasdet.config import ModelConfig, SupernetSpec
+from nasdet.models.io import load_state_dict_checked
+
+BODY = "backbone.body."  # where a detector keeps its backbone body (torchvision's layout)
+
+
+@runtime_checkable
+class Supernet(Protocol):
+    """A backbone that holds many subnets (see the module docstring)."""
+
+    def set_active_subnet(self, genotype: Any) -> None: ...
+
+    def sample_active_subnet(self, rng: random.Random) -> Any: ...
+
+    def get_active_subnet(self, preserve_weight: bool = True) -> nn.Module: ...
+
+
+def supernet_spec(arch: ModelConfig) -> SupernetSpec:
+    """``arch.backbone`` when it is a supernet section, else ``ValueError`` naming it."""
+    if not isinstance(arch.backbone, SupernetSpec):
+        raise ValueError(f"backbone {arch.backbone.name} is not a supernet")
+    return arch.backbone
+
+
+def export_subnet(
+    supernet: nn.Module, arch: ModelConfig, genotype: Any, num_classes: int
+) -> tuple[nn.Module, ModelConfig]:
+    """A standalone detector of ``genotype`` from a supernet detector.
+
+    The backbone body comes from the supernet's ``get_active_subnet()`` (weights as the supernet
+    holds them now, BN statistics included: recalibrate before exporting to keep the subnet's);
+    neck and head are copied by name. Leaves ``genotype`` active in ``supernet``.
+
+    Args:
+        supernet: a detector whose ``backbone.body`` follows the :class:`Supernet` protocol.
+        arch: the supernet detector's ``model`` section (``backbone`` a SupernetSpec).
+        genotype: the subnet, as the spec's ``parse_genotype`` returns it.
+        num_classes: classes of the detector, background included.
+
+    Returns:
+        The detector (eval mode) and its ``model`` section.
+    """
+    spec = supernet_spec(arch)
+    body = supernet.backbone.body
+    if not isinstance(body, Supernet):
+        raise TypeError(f"{type(body).__name__} does not follow the supernet protocol")
+    body.set_active_subnet(genotype)
+    static = body.get_active_subnet(preserve_weight=True)
+    sub_arch = arch.model_copy(update={"backbone": spec.subnet(genotype)})
+    model = build_detector(sub_arch, num_classes, load_weights=False)
+    state = {k: v for k, v in supernet.state_dict().items() if not k.startswith(BODY)}
+    state.update({BODY + k: v for k, v in static.state_dict().items()})
+    load_state_dict_checked(model, state, f"supernet (subnet {genotype})")
+    return model.eval(), sub_arch
