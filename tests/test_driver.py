@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from pathlib import Path
 
-from nasdet.search.driver import Proposal, add_root, run_search
+import pytest
+
+from nasdet.errors import WorkFailed
+from nasdet.search.driver import Proposal, Propose, add_root, run_search
 from nasdet.search.executors import InProcessExecutor
 from nasdet.search.records import RecordStore
 from nasdet.search.spnas import cost_checker
@@ -22,6 +26,37 @@ def fake_evaluate(payload: dict) -> dict:
         "cost": {"params": 1000.0 * size},
         "weights_path": payload["out"],
     }
+
+
+def fixed_evaluate(payload: dict) -> dict:
+    """:func:`fake_evaluate` once the cause of 'boom' is fixed: it scores like any size 0."""
+    return fake_evaluate({**payload, "genotype": "fixed"})
+
+
+def propose_in_order(step: str, sizes: list[int], parent_id: int) -> Propose:
+    """Proposes the first size of ``sizes`` not stored yet (0 is 'boom'); ``None`` after."""
+
+    def propose(store: RecordStore, rng: random.Random) -> Proposal | None:
+        for size in sizes:
+            genotype = "boom" if size == 0 else f"g{size}"
+            if store.find(step, genotype) is None:
+                payload = {"size": size, "genotype": genotype}
+                return Proposal(genotype, parent_id, payload, cost={"params": 1000.0 * size})
+        return None
+
+    return propose
+
+
+def add_g1(store: RecordStore, step: str = "s"):
+    return add_root(
+        store,
+        step,
+        "g1",
+        metrics={"mAP": 1 / 11},
+        cost={"params": 1000.0},
+        weights_path="root.pth",
+        payload={"size": 1, "genotype": "g1"},
+    )
 
 
 def test_cost_checker_names_the_broken_limit() -> None:
@@ -43,7 +78,7 @@ def test_run_search_records_everything(tmp_path: Path) -> None:
         weights_path="root.pth",
         payload={"size": 1},
     )
-    sizes = iter([2, 2, 50, 3, 0, 4])  # 2 twice: a duplicate; 50: over max_params; 0: boom
+    sizes = iter([2, 2, 50, 3, 4])  # 2 twice: a duplicate; 50: over max_params
 
     def propose(store: RecordStore, rng: random.Random) -> Proposal | None:
         size = next(sizes, None)
@@ -61,17 +96,15 @@ def test_run_search_records_everything(tmp_path: Path) -> None:
         propose=propose,
         evaluate=fake_evaluate,
         executor=InProcessExecutor(),
-        max_sample=5,
+        max_sample=3,
         objectives=["mAP", "params"],
         check_cost=cost_checker(max_params=20_000),
         max_proposal_tries=3,
     )
     by_genotype = {r.genotype: r for r in store.records("s")}
-    assert set(by_genotype) == {"g1", "g2", "g50", "g3", "boom", "g4"}
+    assert set(by_genotype) == {"g1", "g2", "g50", "g3", "g4"}
     assert by_genotype["g50"].status == "infeasible"
     assert by_genotype["g50"].error == "params 50,000 > max_params 20,000"
-    assert by_genotype["boom"].status == "failed"
-    assert "candidate exploded" in by_genotype["boom"].error
     assert all(by_genotype[g].status == "done" for g in ("g1", "g2", "g3", "g4"))
     # larger is better and costlier here: every done record is on the front
     assert sorted(r.genotype for r in front) == ["g1", "g2", "g3", "g4"]
@@ -86,10 +119,10 @@ def test_run_search_records_everything(tmp_path: Path) -> None:
         propose=propose,
         evaluate=fake_evaluate,
         executor=InProcessExecutor(),
-        max_sample=5,
+        max_sample=3,
         objectives=["mAP", "params"],
     )
-    assert len(again) == 4 and len(store.records("s")) == 6
+    assert len(again) == 4 and len(store.records("s")) == 5
 
 
 def test_infeasible_proposals_do_not_use_the_budget_and_never_loop(tmp_path: Path) -> None:
@@ -132,3 +165,42 @@ def test_infeasible_proposals_do_not_use_the_budget_and_never_loop(tmp_path: Pat
     # only 2 of the 3 trainable slots could be filled: 4 infeasible in a row end the step
     assert sum(s == "done" for s in status.values()) == 3  # root + g2 + g3
     assert sum(s == "infeasible" for s in status.values()) == 2 + 4
+
+
+def test_a_failed_candidate_fails_the_step_loudly_and_is_evaluated_again_on_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RecordStore(tmp_path / "records.sqlite")
+    root = add_g1(store)
+    step_dir = tmp_path / "s"
+    kwargs = {
+        "propose": propose_in_order("s", [2, 0, 3], root.id),
+        "executor": InProcessExecutor(),
+        "max_sample": 3,
+        "objectives": ["mAP", "params"],
+    }
+    with caplog.at_level(logging.INFO), pytest.raises(WorkFailed) as info:
+        run_search(store, "s", step_dir, evaluate=fake_evaluate, **kwargs)
+    boom = store.find("s", "boom")
+    assert boom is not None and boom.status == "failed"
+    assert str(info.value) == (
+        f"s: 1 of 3 candidates failed; first: #{boom.id} boom: RuntimeError: candidate exploded "
+        f"— the traceback is in the run log and in {store.path} (record {boom.id})"
+    )
+    assert 'raise RuntimeError("candidate exploded")' in boom.extra["traceback"]
+    assert any(
+        r.levelno >= logging.ERROR and "Traceback (most recent call last)" in r.getMessage()
+        for r in caplog.records
+    )
+    assert store.find("s", "g3").status == "done"  # the candidate after the failure still ran
+    rows = list(csv.DictReader((step_dir / "pareto.csv").open()))  # the done ones are kept
+    assert sorted(r["genotype"] for r in rows) == ["g1", "g2", "g3"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        front = run_search(store, "s", step_dir, evaluate=fixed_evaluate, **kwargs)
+    assert "s: 1 failed candidate(s) will be evaluated again" in caplog.text
+    again = store.get(boom.id)
+    assert again.status == "done" and again.error is None and "traceback" not in again.extra
+    assert [r.genotype for r in store.records("s")] == ["g1", "g2", "boom", "g3"]  # nothing new
+    assert sorted(r.genotype for r in front) == ["boom", "g1", "g2", "g3"]

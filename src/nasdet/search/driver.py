@@ -3,8 +3,8 @@
 An algorithm supplies ``propose(store, rng) -> Proposal | None`` (the next genotype to try, given
 everything recorded so far); :func:`run_search` does the rest:
 
-1. on start, records a killed run left ``running`` go back to ``pending`` and are evaluated first
-   (nothing finished is evaluated again);
+1. on start, records a killed run left ``running``, and those that failed in an earlier run, go
+   back to ``pending`` and are evaluated first (nothing done is evaluated again);
 2. each proposal is checked against the resource constraints *before* training (an infeasible
    one is recorded as such, with the reason, and does not count toward ``max_sample``; after
    ``max_proposal_tries`` infeasible or duplicate proposals in a row the step stops early with
@@ -15,6 +15,11 @@ everything recorded so far); :func:`run_search` does the rest:
    starts on that worker);
 5. at the end the step directory gets ``pareto.csv`` and ``desc_<id>.json`` for the Pareto
    members.
+
+A candidate that fails does not stop the step: every other one is still evaluated and committed.
+But a step that ends with a failed candidate raises :class:`~nasdet.errors.WorkFailed` (after
+writing the outputs of the done ones) instead of returning a Pareto front, so no winner is named
+from a search with holes; the traceback is logged and kept in the record's ``extra``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasdet.search.executors import Executor, Task
+from nasdet.errors import WorkFailed
+from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.pareto import Objective, pareto_records, write_pareto_csv
 from nasdet.search.records import Record, RecordStore
 
@@ -64,11 +70,19 @@ def run_search(
     max_proposal_tries: int = 50,
 ) -> list[Record]:
     """Evaluate up to ``max_sample`` proposals of ``step`` (root records excluded); returns the
-    Pareto members of the step's done records."""
+    Pareto members of the step's done records.
+
+    Raises:
+        WorkFailed: a candidate of the step failed (all others were evaluated and committed,
+            and the step outputs written); a rerun evaluates the failed ones again.
+    """
     step_dir.mkdir(parents=True, exist_ok=True)
     revived = store.reset_running(step)
     if revived:
         log.info("%s: %d candidate(s) interrupted by a kill will be evaluated again", step, revived)
+    retried = store.reset_failed(step)
+    if retried:
+        log.info("%s: %d failed candidate(s) will be evaluated again", step, retried)
 
     def sampled() -> int:  # infeasible proposals are not trained and do not use the budget
         return sum(1 for r in store.records(step) if not is_root(r) and r.status != "infeasible")
@@ -147,9 +161,39 @@ def run_search(
                 f"{rec.cost.get('params', 0):,.0f}",
             )
         else:
-            store.fail(outcome.record_id, outcome.error or "failed")
-            log.warning("%s #%d failed: %s", step, outcome.record_id, outcome.error)
-    return write_step_outputs(store, step, step_dir, objectives)
+            record_failure(store, step, outcome)
+    front = write_step_outputs(store, step, step_dir, objectives)
+    failed = store.records(step, status="failed")
+    if failed:
+        raise work_failed(store, step, failed, sampled())
+    return front
+
+
+def record_failure(store: RecordStore, step: str, outcome: Outcome) -> Record:
+    """Commit a failed outcome (error and traceback) and log it with its traceback."""
+    rec = store.fail(outcome.record_id, outcome.error or "failed", outcome.traceback)
+    log.error(
+        "%s #%d %s failed: %s\n%s",
+        step,
+        rec.id,
+        rec.genotype,
+        rec.error,
+        (outcome.traceback or "(no traceback)").rstrip(),
+    )
+    return rec
+
+
+def work_failed(
+    store: RecordStore, step: str, failed: Sequence[Record], total: int, of: str = ""
+) -> WorkFailed:
+    """The one-line error of a step (``of``: e.g. ``" of generation 3"``) in which ``failed`` of
+    ``total`` candidates failed, naming the first one and where its traceback is."""
+    first = failed[0]
+    return WorkFailed(
+        f"{step}: {len(failed)} of {total} candidates{of} failed; first: #{first.id} "
+        f"{first.genotype}: {first.error} — the traceback is in the run log and in "
+        f"{store.path} (record {first.id})"
+    )
 
 
 def _with_out(payload: dict[str, Any], step_dir: Path, record_id: int) -> dict[str, Any]:

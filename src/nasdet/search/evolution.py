@@ -23,6 +23,10 @@ candidates are not scored again, and candidates a dead process left ``running`` 
 candidates count as feasible without a new ``cost`` call; should a cost that is not reproducible
 (measured latency) change the list, the stored pending candidates it lacks are scored as well.
 Records of the step without a ``generation`` (another algorithm's) count as earlier ones.
+
+A candidate that fails does not stop its generation, but the next one is not proposed from a
+population with holes: the search raises :class:`~nasdet.errors.WorkFailed` after the generation.
+A rerun scores the failed candidates again and goes on as if they had never failed.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from tqdm.auto import tqdm
 
 from nasdet.errors import ConfigError
+from nasdet.search.driver import record_failure, work_failed
 from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.records import Record, RecordStore
 
@@ -241,10 +246,14 @@ def evolution_search(
     Raises:
         InfeasibleConstraints: generation 0 found no feasible genotype in ``max_tries``.
         ConfigError: ``score`` returned no ``settings.score_key`` metric (the record is kept).
+        WorkFailed: a candidate failed; raised after the rest of its generation is scored.
     """
     revived = store.reset_running(step)
     if revived:
         log.info("%s: %d candidate(s) interrupted by a kill will be scored again", step, revived)
+    retried = store.reset_failed(step)
+    if retried:
+        log.info("%s: %d failed candidate(s) will be evaluated again", step, retried)
     key = settings.score_key
     for gen in range(settings.max_epochs):
         records = store.records(step)
@@ -288,6 +297,10 @@ def evolution_search(
             len(scores),
             sum(scores) / len(scores) if scores else math.nan,
         )
+        ours = [r for r in store.records(step) if _generation(r) == gen]
+        failed = [r for r in ours if r.status == "failed"]
+        if failed:
+            raise work_failed(store, step, failed, len(ours), f" of generation {gen}")
     return top_records(store, step, None, key)
 
 
@@ -437,8 +450,7 @@ def _score_generation(
 def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> None:
     rid = outcome.record_id
     if not outcome.ok:
-        store.fail(rid, outcome.error or "failed")
-        log.warning("%s #%d failed: %s", step, rid, outcome.error)
+        record_failure(store, step, outcome)
         return
     result = outcome.result
     try:
