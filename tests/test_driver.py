@@ -204,3 +204,103 @@ def test_a_failed_candidate_fails_the_step_loudly_and_is_evaluated_again_on_resu
     assert again.status == "done" and again.error is None and "traceback" not in again.extra
     assert [r.genotype for r in store.records("s")] == ["g1", "g2", "boom", "g3"]  # nothing new
     assert sorted(r.genotype for r in front) == ["boom", "g1", "g2", "g3"]
+
+
+# -- resume after a kill: the same records as an uninterrupted run ---------------------------
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL / Ctrl-C: not an Exception, so the executor does not catch it."""
+
+
+def propose_random(store: RecordStore, rng: random.Random) -> Proposal:
+    """A size in 1..40 drawn from ``rng`` alone: sizes over 20 break max_params 20,000 (see
+    :func:`search`) and repeats are duplicates."""
+    size = rng.randint(1, 40)
+    payload = {"size": size, "genotype": f"g{size}"}
+    return Proposal(f"g{size}", None, payload, cost={"params": 1000.0 * size})
+
+
+def propose_then_infeasible(store: RecordStore, rng: random.Random) -> Proposal:
+    """Sizes 90, 2, 91, 3 by stored count, then always a new infeasible one."""
+    n = len(store.records("s")) - 1  # the root is record 0
+    size = [90, 2, 91, 3][n] if n < 4 else 100 + n
+    payload = {"size": size, "genotype": f"g{size}"}
+    return Proposal(f"g{size}", None, payload, cost={"params": 1000.0 * size})
+
+
+def killed_after_infeasible(propose: Propose, k: int) -> Propose:
+    """``propose``, killed when asked for a proposal right after the k-th infeasible record."""
+    seen: set[int] = set()
+
+    def killing(store: RecordStore, rng: random.Random) -> Proposal | None:
+        last = store.records("s")[-1]
+        if last.status == "infeasible" and last.id not in seen:
+            seen.add(last.id)
+            if len(seen) == k:
+                raise Killed
+        return propose(store, rng)
+
+    return killing
+
+
+def killed_at_evaluation(n: int):
+    """:func:`fake_evaluate`, killed at its ``n``-th call."""
+    calls: list[str] = []
+
+    def evaluate(payload: dict) -> dict:
+        calls.append(payload["genotype"])
+        if len(calls) == n:
+            raise Killed
+        return fake_evaluate(payload)
+
+    return evaluate
+
+
+def search(store: RecordStore, step_dir: Path, propose: Propose, evaluate=fake_evaluate) -> None:
+    run_search(
+        store,
+        "s",
+        step_dir,
+        propose=propose,
+        evaluate=evaluate,
+        executor=InProcessExecutor(),
+        max_sample=8,
+        objectives=["mAP", "params"],
+        check_cost=cost_checker(max_params=20_000),
+        seed=7,
+        max_proposal_tries=4,
+    )
+
+
+def stored(store: RecordStore) -> list[tuple]:
+    return [(r.genotype, r.status, r.metrics, r.error) for r in store.records("s")]
+
+
+@pytest.mark.parametrize(
+    ("propose", "kill"),
+    [
+        (propose_random, ("infeasible", 1)),
+        (propose_random, ("infeasible", 3)),
+        (propose_random, ("evaluation", 4)),
+        (propose_then_infeasible, ("infeasible", 3)),  # in the trailing run that ends the step
+    ],
+)
+def test_a_killed_search_resumes_to_the_records_of_an_uninterrupted_one(
+    tmp_path: Path, propose: Propose, kill: tuple[str, int]
+) -> None:
+    whole = RecordStore(tmp_path / "a.sqlite")
+    add_g1(whole)
+    search(whole, tmp_path / "a", propose)
+
+    store = RecordStore(tmp_path / "b.sqlite")
+    add_g1(store)
+    where, k = kill
+    with pytest.raises(Killed):
+        if where == "infeasible":
+            search(store, tmp_path / "b", killed_after_infeasible(propose, k))
+        else:
+            search(store, tmp_path / "b", propose, killed_at_evaluation(k))
+    assert len(store.records("s")) < len(whole.records("s"))
+    search(store, tmp_path / "b", propose)
+    assert stored(store) == stored(whole)

@@ -5,10 +5,13 @@ everything recorded so far); :func:`run_search` does the rest:
 
 1. on start, records a killed run left ``running``, and those that failed in an earlier run, go
    back to ``pending`` and are evaluated first (nothing done is evaluated again);
-2. each proposal is checked against the resource constraints *before* training (an infeasible
-   one is recorded as such, with the reason, and does not count toward ``max_sample``; after
-   ``max_proposal_tries`` infeasible or duplicate proposals in a row the step stops early with
-   a warning), deduplicated against the store, recorded and claimed;
+2. each proposal is deduplicated against the store, recorded, and checked against the resource
+   constraints *before* training (an infeasible one is recorded as such, with the reason, and
+   does not count toward ``max_sample``; after ``max_proposal_tries`` infeasible or duplicate
+   proposals in a row the step stops early with a warning), then claimed. ``propose`` gets a
+   generator seeded from stored state only (:func:`proposal_rng`), and the infeasible ones in a
+   row are counted in the store, so a killed run resumes to the records an uninterrupted one
+   makes (with one worker: with several, proposals also depend on which results are in);
 3. candidates are handed to the executor lazily — the next proposal is made only when a worker
    is free, so parents come from the latest Pareto front;
 4. each outcome is committed to the record store as it arrives (before the next candidate
@@ -88,25 +91,19 @@ def run_search(
         return sum(1 for r in store.records(step) if not is_root(r) and r.status != "infeasible")
 
     def tasks() -> Iterator[Task]:
-        for rec in store.records(step, status="pending"):
-            if store.claim(rec.id):
+        for rec in store.records(step, status="pending"):  # left by a killed or failed run
+            if not _infeasible(store, rec, check_cost) and store.claim(rec.id):
                 yield Task(rec.id, _with_out(rec.extra["payload"], step_dir, rec.id))
-        failures = 0
+        duplicates = 0  # proposals since the last stored record that were None or duplicates
         while sampled() < max_sample:
-            rng = random.Random(seed * 1_000_003 + len(store.records(step)) + failures)
-            proposal = propose(store, rng)
+            if _out_of_tries(store, step, duplicates, max_proposal_tries):
+                log.warning("%s: stopping early at %d of %d", step, sampled(), max_sample)
+                return
+            proposal = propose(store, proposal_rng(seed, store.count(step), duplicates))
             if proposal is None or store.find(step, proposal.genotype) is not None:
-                failures += 1
-                if failures >= max_proposal_tries:
-                    log.warning(
-                        "%s: no new candidate after %d tries; stopping early at %d of %d",
-                        step,
-                        failures,
-                        sampled(),
-                        max_sample,
-                    )
-                    return
+                duplicates += 1
                 continue
+            duplicates = 0
             rec = store.add(
                 step,
                 proposal.genotype,
@@ -114,25 +111,7 @@ def run_search(
                 cost=proposal.cost,
                 extra={"payload": proposal.payload},
             )
-            reason = check_cost(proposal.cost) if check_cost else None
-            if reason:
-                store.mark_infeasible(rec.id, reason)
-                log.info("%s #%d %s infeasible: %s", step, rec.id, proposal.genotype, reason)
-                failures += 1
-                if failures >= max_proposal_tries:
-                    log.warning(
-                        "%s: %d proposals in a row broke the constraints (last: %s); stopping "
-                        "early at %d of %d: loosen search.constraints to search further",
-                        step,
-                        failures,
-                        reason,
-                        sampled(),
-                        max_sample,
-                    )
-                    return
-                continue
-            failures = 0
-            if store.claim(rec.id):
+            if not _infeasible(store, rec, check_cost) and store.claim(rec.id):
                 log.info(
                     "%s #%d %s (parent #%s) started",
                     step,
@@ -194,6 +173,50 @@ def work_failed(
         f"{first.genotype}: {first.error} — the traceback is in the run log and in "
         f"{store.path} (record {first.id})"
     )
+
+
+def proposal_rng(seed: int, stored: int, duplicates: int) -> random.Random:
+    """The generator handed to ``propose``, seeded from stored state only, so a resumed run makes
+    the proposals an uninterrupted one makes: the run's ``seed``, the number of ``stored``
+    records of the step (any status, roots included) and the ``duplicates`` (or ``None``)
+    proposed since the last record was stored."""
+    return random.Random(f"{seed}:{stored}:{duplicates}")  # a str seed is hashed with SHA-512
+
+
+def _infeasible(store: RecordStore, rec: Record, check_cost: CheckCost | None) -> bool:
+    """Check a sampled record's cost; mark it ``infeasible`` (and say so) if it breaks a limit.
+
+    Done for records a killed run left pending too: it may have died between storing and
+    checking one."""
+    reason = check_cost(dict(rec.cost)) if check_cost and not is_root(rec) else None
+    if reason:
+        store.mark_infeasible(rec.id, reason)
+        log.info("%s #%d %s infeasible: %s", rec.step, rec.id, rec.genotype, reason)
+    return bool(reason)
+
+
+def _out_of_tries(store: RecordStore, step: str, duplicates: int, max_tries: int) -> bool:
+    """Whether ``max_tries`` proposals in a row were infeasible (the trailing infeasible records
+    of the step, so a kill does not reset the count) or duplicates; logs why when so."""
+    infeasible: list[Record] = []
+    for rec in reversed(store.records(step)):
+        if rec.status != "infeasible":
+            break
+        infeasible.append(rec)
+    if len(infeasible) + duplicates < max_tries:
+        return False
+    if infeasible:
+        log.warning(
+            "%s: %d proposals in a row broke the constraints (last: %s) and %d were duplicates: "
+            "loosen search.constraints to search further",
+            step,
+            len(infeasible),
+            infeasible[0].error,
+            duplicates,
+        )
+    else:
+        log.warning("%s: no new candidate after %d tries", step, duplicates)
+    return True
 
 
 def _with_out(payload: dict[str, Any], step_dir: Path, record_id: int) -> dict[str, Any]:
