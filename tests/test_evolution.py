@@ -282,11 +282,31 @@ def test_resume_after_a_kill_finishes_the_same_search(
     assert not before & set(rerun.seen)
     assert not stored & set(costed)  # stored candidates are not measured again
     assert {r.genotype for r in done} == {r.genotype for r in full}
+    assert sequence(store) == sequence(onemax.store)  # the same records, in the same order
     assert len(rerun.seen) == len(full) - kill_after
 
     again = Scorer()  # a finished search is resumed by scoring nothing
     assert [r.id for r in search(store, again)] == [r.id for r in done]
     assert again.seen == []
+
+
+def at_most_6_ones(cost: dict[str, float]) -> str | None:
+    return f"ones {cost['ones']:g} > 6" if cost["ones"] > 6 else None
+
+
+@pytest.mark.parametrize("kill_after", [3, 37])
+def test_resume_after_a_kill_in_a_constrained_search_stores_what_an_uninterrupted_one_does(
+    tmp_path: Path, kill_after: int
+) -> None:
+    whole = RecordStore(tmp_path / "whole")
+    search(whole, Scorer(), check_cost=at_most_6_ones)
+    store = RecordStore(tmp_path / "killed")
+    with pytest.raises(Killed):
+        search(store, Scorer(kill_after=kill_after), check_cost=at_most_6_ones)
+    assert store.count("evo", status="done") == kill_after
+    search(store, Scorer(), check_cost=at_most_6_ones)
+    assert sequence(store) == sequence(whole)
+    assert [r.cost for r in store.records("evo")] == [r.cost for r in whole.records("evo")]
 
 
 def test_resume_scores_pending_candidates_a_changed_cost_no_longer_lists(tmp_path: Path) -> None:
