@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import random
 from pathlib import Path
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from nasdet.errors import WorkFailed
-from nasdet.search.driver import Proposal, Propose, add_root, run_search
+from nasdet.search.driver import (
+    Proposal,
+    Propose,
+    add_root,
+    clean_leftovers,
+    run_search,
+    write_step_outputs,
+)
 from nasdet.search.executors import InProcessExecutor
 from nasdet.search.records import RecordStore
 from nasdet.search.spnas import cost_checker
@@ -304,3 +312,69 @@ def test_a_killed_search_resumes_to_the_records_of_an_uninterrupted_one(
     assert len(store.records("s")) < len(whole.records("s"))
     search(store, tmp_path / "b", propose)
     assert stored(store) == stored(whole)
+
+
+# -- step outputs and leftovers --------------------------------------------------------------
+
+
+def test_clean_leftovers_removes_what_killed_candidates_left_and_nothing_else(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    step_dir = tmp_path / "s"
+    (step_dir / ".train-abc123" / "checkpoint").mkdir(parents=True)
+    (step_dir / ".train-abc123" / "checkpoint" / "last.pt").write_bytes(b"x")
+    (step_dir / ".model_3.pth.k2j4.tmp").write_bytes(b"half a model")
+    (step_dir / ".pareto.csv.9x.tmp").write_text("id,")
+    kept = ["desc_2.json", "model_2.pth", "pareto.csv", "notes.txt"]
+    for name in kept:
+        (step_dir / name).write_text("keep")
+    (step_dir / "logs").mkdir()
+    with caplog.at_level(logging.INFO):
+        removed = clean_leftovers(step_dir)
+    assert sorted(p.name for p in removed) == [".model_3.pth.k2j4.tmp", ".pareto.csv.9x.tmp",
+                                               ".train-abc123"]  # fmt: skip
+    assert sorted(p.name for p in step_dir.iterdir()) == sorted([*kept, "logs"])
+    assert "s: removed 3 leftover(s) of killed candidates: .model_3.pth.k2j4.tmp" in caplog.text
+    assert clean_leftovers(step_dir) == [] and clean_leftovers(tmp_path / "missing") == []
+
+
+def test_every_run_rewrites_the_step_outputs_from_the_store(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "records.sqlite")
+    root = add_g1(store)
+    step_dir = tmp_path / "s"
+    kwargs = {
+        "propose": propose_in_order("s", [2, 3], root.id),
+        "evaluate": fake_evaluate,
+        "executor": InProcessExecutor(),
+        "max_sample": 2,
+        "objectives": ["mAP", "params"],
+    }
+    front = run_search(store, "s", step_dir, **kwargs)
+    wanted = sorted(["pareto.csv", *(f"desc_{r.id}.json" for r in front)])
+    assert sorted(p.name for p in step_dir.iterdir()) == wanted
+
+    # a kill after the last candidate was committed, before the outputs were (re)written
+    for path in step_dir.iterdir():
+        path.unlink()
+    (step_dir / ".train-x").mkdir()
+    (step_dir / ".desc_9.json.abc.tmp").write_text("{")
+    again = run_search(store, "s", step_dir, **kwargs)  # nothing left to evaluate
+    assert [r.id for r in again] == [r.id for r in front]
+    assert sorted(p.name for p in step_dir.iterdir()) == wanted
+    desc = json.loads((step_dir / f"desc_{front[-1].id}.json").read_text())
+    assert desc["genotype"] == "g3" and desc["metrics"] == {"mAP": 3 / 13}
+
+
+def test_a_record_that_leaves_the_front_loses_its_desc_file(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "records.sqlite")
+    step_dir = tmp_path / "s"
+    step_dir.mkdir()
+    a = add_g1(store)  # mAP 1/11 at 1,000 params
+    write_step_outputs(store, "s", step_dir, ["mAP", "params"])
+    assert (step_dir / f"desc_{a.id}.json").is_file()
+    b = store.add("s", "g0", cost={"params": 500.0})
+    store.claim(b.id)
+    store.finish(b.id, {"mAP": 0.5})  # better and cheaper: a is dominated
+    front = write_step_outputs(store, "s", step_dir, ["mAP", "params"])
+    assert [r.id for r in front] == [b.id]
+    assert sorted(p.name for p in step_dir.iterdir()) == [f"desc_{b.id}.json", "pareto.csv"]

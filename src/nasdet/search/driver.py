@@ -16,8 +16,12 @@ everything recorded so far); :func:`run_search` does the rest:
    is free, so parents come from the latest Pareto front;
 4. each outcome is committed to the record store as it arrives (before the next candidate
    starts on that worker);
-5. at the end the step directory gets ``pareto.csv`` and ``desc_<id>.json`` for the Pareto
-   members.
+5. at the end (of every call, also one with nothing left to evaluate) the step directory gets
+   ``pareto.csv`` and ``desc_<id>.json`` for the Pareto members, written atomically; the
+   ``desc`` files of records no longer on the front are removed.
+
+On start, temporary files and training folders that killed candidates left in the step
+directory are removed (:func:`clean_leftovers`).
 
 A candidate that fails does not stop the step: every other one is still evaluated and committed.
 But a step that ends with a failed candidate raises :class:`~nasdet.errors.WorkFailed` (after
@@ -27,14 +31,15 @@ from a search with holes; the traceback is logged and kept in the record's ``ext
 
 from __future__ import annotations
 
-import json
 import logging
 import random
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasdet.atomic import write_json_atomic
 from nasdet.errors import WorkFailed
 from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.pareto import Objective, pareto_records, write_pareto_csv
@@ -80,6 +85,7 @@ def run_search(
             and the step outputs written); a rerun evaluates the failed ones again.
     """
     step_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(step_dir)
     revived = store.reset_running(step)
     if revived:
         log.info("%s: %d candidate(s) interrupted by a kill will be evaluated again", step, revived)
@@ -223,13 +229,43 @@ def _with_out(payload: dict[str, Any], step_dir: Path, record_id: int) -> dict[s
     return {**payload, "out": str(step_dir / f"model_{record_id}.pth")}
 
 
+def clean_leftovers(step_dir: Path) -> list[Path]:
+    """Remove what killed candidates left in ``step_dir``: ``.train-*`` training folders and
+    ``*.tmp`` files of unfinished atomic writes (model, ``pareto.csv``, ``desc`` files).
+
+    Call only when no candidate of the step is running. Returns the removed paths (logged);
+    a missing ``step_dir`` has none.
+    """
+    if not step_dir.is_dir():
+        return []
+    removed = sorted(
+        [p for p in step_dir.glob(".train-*") if p.is_dir() and not p.is_symlink()]
+        + [p for p in step_dir.glob("*.tmp") if p.is_file()]
+    )
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if removed:
+        log.info(
+            "%s: removed %d leftover(s) of killed candidates: %s",
+            step_dir.name,
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
+
 def write_step_outputs(
     store: RecordStore, step: str, step_dir: Path, objectives: Sequence[Objective | str]
 ) -> list[Record]:
-    """``pareto.csv`` and ``desc_<id>.json`` of the step's Pareto members; returns them."""
+    """Write ``pareto.csv`` and ``desc_<id>.json`` of the step's Pareto members into
+    ``step_dir``, each atomically, and remove the ``desc`` files of records not on the front
+    (any more); returns the members."""
     done = store.records(step, status="done")
     front = pareto_records(done, objectives)
-    write_pareto_csv(step_dir / "pareto.csv", done, objectives)
+    write_pareto_csv(step_dir / "pareto.csv", done, objectives)  # atomic: written aside, renamed
     for rec in front:
         desc = {
             "id": rec.id,
@@ -241,7 +277,12 @@ def write_step_outputs(
             "cost": rec.cost,
             "weights_path": rec.weights_path,
         }
-        (step_dir / f"desc_{rec.id}.json").write_text(json.dumps(desc, indent=2) + "\n")
+        write_json_atomic(step_dir / f"desc_{rec.id}.json", desc)
+    members = {f"desc_{rec.id}.json" for rec in front}
+    for stale in step_dir.glob("desc_*.json"):  # after the new ones: a kill leaves a superset
+        if stale.name not in members:
+            stale.unlink()
+            log.info("%s: %s removed, no longer on the Pareto front", step, stale.name)
     return front
 
 
