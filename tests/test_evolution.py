@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nasdet.errors import ConfigError
+from nasdet.errors import ConfigError, WorkFailed
 from nasdet.search.evolution import (
     EvolutionSettings,
     InfeasibleConstraints,
@@ -227,16 +227,41 @@ def test_impossible_constraint_raises_one_line_quickly(tmp_path: Path) -> None:
     assert store.count() == 0 and scorer.seen == []
 
 
-def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
+def sequence(store: RecordStore) -> list[tuple[str, str, dict[str, float], Any, Any]]:
+    """What a search stored, in order: genotype, status, metrics, generation, origin."""
+    return [
+        (r.genotype, r.status, r.metrics, r.extra["generation"], r.extra["origin"])
+        for r in store.records("evo")
+    ]
+
+
+def test_a_failing_candidate_fails_its_generation_and_is_scored_again_on_resume(
+    tmp_path: Path, onemax: Run
+) -> None:
     store = RecordStore(tmp_path)
     scorer = Scorer(fail_if=lambda text: text.startswith("11"))
-    done = search(store, scorer)
+    with pytest.raises(WorkFailed) as info:
+        search(store, scorer)
     failed = store.records("evo", status="failed")
     assert failed and all(r.genotype.startswith("11") for r in failed)
     assert all("RuntimeError: cannot score" in r.error for r in failed)
-    assert len(done) + len(failed) == SMALL.num_candidates * SMALL.max_epochs
-    assert max(r.extra["generation"] for r in done) == SMALL.max_epochs - 1
-    assert len(scorer.seen) == len(set(scorer.seen))  # failures are not retried either
+    assert all("raise RuntimeError" in r.extra["traceback"] for r in failed)
+    first = failed[0]
+    assert str(info.value) == (
+        f"evo: {len(failed)} of {SMALL.num_candidates} candidates of generation 0 failed; "
+        f"first: #{first.id} {first.genotype}: {first.error} — the traceback is in the run log "
+        f"and in {store.path} (record {first.id})"
+    )
+    # every other candidate of generation 0 was scored; no later generation was proposed from
+    # a population with holes
+    assert len(scorer.seen) == store.count("evo") == SMALL.num_candidates
+    assert store.count("evo", status="done") == SMALL.num_candidates - len(failed)
+
+    rerun = Scorer()  # the cause is fixed: the failed ones are scored again, then the rest
+    done = search(store, rerun)
+    assert set(rerun.seen) >= {r.genotype for r in failed}
+    assert sequence(store) == sequence(onemax.store)  # as if nothing had failed
+    assert [r.genotype for r in done] == [r.genotype for r in onemax.done]
 
 
 @pytest.mark.parametrize("kill_after", [3, 37])  # in generation 0; in generation 3
@@ -257,11 +282,31 @@ def test_resume_after_a_kill_finishes_the_same_search(
     assert not before & set(rerun.seen)
     assert not stored & set(costed)  # stored candidates are not measured again
     assert {r.genotype for r in done} == {r.genotype for r in full}
+    assert sequence(store) == sequence(onemax.store)  # the same records, in the same order
     assert len(rerun.seen) == len(full) - kill_after
 
     again = Scorer()  # a finished search is resumed by scoring nothing
     assert [r.id for r in search(store, again)] == [r.id for r in done]
     assert again.seen == []
+
+
+def at_most_6_ones(cost: dict[str, float]) -> str | None:
+    return f"ones {cost['ones']:g} > 6" if cost["ones"] > 6 else None
+
+
+@pytest.mark.parametrize("kill_after", [3, 37])
+def test_resume_after_a_kill_in_a_constrained_search_stores_what_an_uninterrupted_one_does(
+    tmp_path: Path, kill_after: int
+) -> None:
+    whole = RecordStore(tmp_path / "whole")
+    search(whole, Scorer(), check_cost=at_most_6_ones)
+    store = RecordStore(tmp_path / "killed")
+    with pytest.raises(Killed):
+        search(store, Scorer(kill_after=kill_after), check_cost=at_most_6_ones)
+    assert store.count("evo", status="done") == kill_after
+    search(store, Scorer(), check_cost=at_most_6_ones)
+    assert sequence(store) == sequence(whole)
+    assert [r.cost for r in store.records("evo")] == [r.cost for r in whole.records("evo")]
 
 
 def test_resume_scores_pending_candidates_a_changed_cost_no_longer_lists(tmp_path: Path) -> None:

@@ -60,7 +60,11 @@ def test_inprocess_outcomes_in_order_and_failure_is_an_outcome() -> None:
     assert [o.result.get("value") for o in outcomes] == [0, 2, None, 6, 8]
     failed = outcomes[2]
     assert failed.result == {} and failed.error == "ValueError: asked to fail (value 2)"
-    assert all(o.error is None for o in outcomes if o.ok)
+    assert failed.traceback is not None
+    assert failed.traceback.startswith("Traceback (most recent call last):")
+    assert "in sleep_task" in failed.traceback
+    assert failed.traceback.rstrip().endswith("ValueError: asked to fail (value 2)")
+    assert all(o.error is None and o.traceback is None for o in outcomes if o.ok)
 
 
 def test_inprocess_non_dict_result_fails() -> None:
@@ -130,13 +134,15 @@ def test_ray_two_workers_commit_each_outcome_to_the_store(ray_local: Any, tmp_pa
                 extra = {"start": res["start"], "end": res["end"]}
                 store.finish(outcome.record_id, {"mAP": res["value"] / 100}, extra=extra)
             else:
-                store.fail(outcome.record_id, outcome.error or "?")
+                assert outcome.traceback and "in sleep_task" in outcome.traceback
+                store.fail(outcome.record_id, outcome.error or "?", outcome.traceback)
     assert ray_local.is_initialized(), "the executor shut down a Ray instance it did not start"
 
     assert sorted(seen) == ids  # none lost, none twice
     records = store.records("search")
     assert [r.status for r in records] == ["done"] * 3 + ["failed"] + ["done"] * 2
     assert records[3].error == "ValueError: asked to fail (value 3)"
+    assert "ValueError: asked to fail (value 3)" in records[3].extra["traceback"]
     assert [r.metrics["mAP"] for r in records if r.status == "done"] == [0, 0.02, 0.04, 0.08, 0.1]
     spans = [(r.extra["start"], r.extra["end"]) for r in records if r.status == "done"]
     overlapping = [
@@ -152,7 +158,7 @@ def test_ray_worker_crash_is_a_failed_outcome(ray_local: Any) -> None:
     executor.close()
     assert outcomes[2].ok and outcomes[2].result["value"] == 10
     assert not outcomes[1].ok and outcomes[1].error
-    assert "\n" not in outcomes[1].error
+    assert "\n" not in outcomes[1].error and outcomes[1].traceback
     assert outcomes[1].error.startswith(("WorkerCrashedError", "RayTaskError")), outcomes[1].error
 
 

@@ -126,6 +126,28 @@ def test_reopen_and_reset_running(tmp_path: Path):
         conn.close()
 
 
+def test_fail_keeps_the_traceback_and_reset_failed_retries_only_that_step(store: RecordStore):
+    a, b, c = (
+        store.add("serial", "a", extra={"seed": 3}),
+        store.add("serial", "b"),
+        store.add("x", "a"),
+    )
+    for rec in (a, b, c):
+        store.claim(rec.id)
+    tb = "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"
+    failed = store.fail(a.id, "RuntimeError: boom", traceback=tb)
+    assert failed.status == "failed" and failed.error == "RuntimeError: boom"
+    assert failed.extra == {"seed": 3, "traceback": tb}
+    assert store.fail(b.id, "ValueError: no traceback").extra == {}  # the old call still works
+    store.fail(c.id, "other step")
+    assert store.reset_failed("serial") == 2 and store.reset_failed("serial") == 0
+    again = store.get(a.id)
+    assert again.status == "pending" and again.error is None and again.extra == {"seed": 3}
+    assert again.started_at is None and again.finished_at is None and again.worker is None
+    assert store.get(c.id).status == "failed"  # another step's failure stays
+    assert store.claim(a.id) and store.finish(a.id, {"mAP": 0.5}).extra == {"seed": 3}
+
+
 def _claim_then_die(path: Path, record_id: int) -> None:
     store = RecordStore(path)
     store.claim(record_id, "doomed")

@@ -23,6 +23,10 @@ candidates are not scored again, and candidates a dead process left ``running`` 
 candidates count as feasible without a new ``cost`` call; should a cost that is not reproducible
 (measured latency) change the list, the stored pending candidates it lacks are scored as well.
 Records of the step without a ``generation`` (another algorithm's) count as earlier ones.
+
+A candidate that fails does not stop its generation, but the next one is not proposed from a
+population with holes: the search raises :class:`~nasdet.errors.WorkFailed` after the generation.
+A rerun scores the failed candidates again and goes on as if they had never failed.
 """
 
 from __future__ import annotations
@@ -30,15 +34,22 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
 from nasdet.errors import ConfigError
+from nasdet.search._evolution_proposals import (
+    Candidate,
+    CheckCost,
+    infeasible_message,
+    propose_generation,
+    score_of,
+)
+from nasdet.search.driver import record_failure, work_failed
 from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.records import Record, RecordStore
 
@@ -123,86 +134,12 @@ class InfeasibleConstraints(ConfigError):
     """No sampled architecture satisfies the search constraints; the message is one line."""
 
 
-CheckCost = Callable[[dict[str, float]], "str | None"]
-
-
-@dataclass
-class _Candidate(Generic[G]):
-    genotype: G
-    text: str
-    cost: dict[str, float]
-    origin: str  # "random", "mutation" or "crossover"
-    parents: tuple[int, ...] = ()
-
-
-@dataclass
-class _Proposals(Generic[G]):
-    """One generation's proposals: the accepted candidates and what was rejected, and why."""
-
-    earlier: set[str]  # genotypes of earlier generations (any status) and already proposed
-    stored: dict[str, dict[str, Any]]  # genotype -> cost of this generation's stored candidates
-    cost: Callable[[Any], dict[str, float]]
-    check_cost: CheckCost | None
-    max_tries: int
-    candidates: list[_Candidate[G]] = field(default_factory=list)
-    tried: int = 0
-    feasible: int = 0
-    duplicates: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    cheapest: dict[str, float] = field(default_factory=dict)
-
-    def rejections(self) -> str:
-        """``"12 infeasible (most common: ...), 3 duplicates"``."""
-        common = self.reasons.most_common(1)
-        why = f" (most common: {common[0][0]})" if common else ""
-        return f"{sum(self.reasons.values())} infeasible{why}, {self.duplicates} duplicates"
-
-    def offer(self, g: G, origin: str, parents: tuple[int, ...] = ()) -> None:
-        """Try one proposal: keep it if new and feasible."""
-        self.tried += 1
-        text = str(g)
-        if text in self.earlier:
-            self.duplicates += 1
-            return
-        self.earlier.add(text)  # from now on, a second proposal of it is a duplicate
-        if text in self.stored:  # feasible when first proposed: not measured again on resume
-            cost, reason = self.stored[text], None
-        else:
-            cost = dict(self.cost(g))
-            reason = self.check_cost(cost) if self.check_cost else None
-        if reason:
-            self.reasons[" ".join(str(reason).split())] += 1
-            for key, value in cost.items():
-                if isinstance(value, int | float) and not math.isnan(value):
-                    self.cheapest[key] = min(value, self.cheapest.get(key, math.inf))
-            return
-        self.feasible += 1
-        self.candidates.append(_Candidate(g, text, cost, origin, parents))
-
-    def fill(
-        self,
-        make: Callable[[], tuple[G, tuple[int, ...]]],
-        origin: str,
-        count: int,
-        tries: int | None = None,
-    ) -> None:
-        """Offer proposals from ``make`` until ``count`` of ``origin`` are kept, or this call has
-        used ``tries`` (default: no limit of its own) or the generation's tries run out."""
-        kept = sum(1 for c in self.candidates if c.origin == origin)
-        stop = self.max_tries if tries is None else min(self.max_tries, self.tried + tries)
-        while kept < count and self.tried < stop:  # bounded: every offer is one more try
-            before = len(self.candidates)
-            g, parents = make()
-            self.offer(g, origin, parents)
-            kept += len(self.candidates) - before
-
-
 def top_records(
     store: RecordStore, step: str, k: int | None = None, score_key: str = "mAP"
 ) -> list[Record]:
     """The ``k`` (all when ``None``) done records of ``step`` with the highest ``score_key``,
     best first; ties go to the older record, a missing or NaN score ranks last."""
-    ranked = sorted(store.records(step, status="done"), key=lambda r: -_score(r, score_key))
+    ranked = sorted(store.records(step, status="done"), key=lambda r: -score_of(r, score_key))
     return ranked if k is None else ranked[:k]
 
 
@@ -241,19 +178,23 @@ def evolution_search(
     Raises:
         InfeasibleConstraints: generation 0 found no feasible genotype in ``max_tries``.
         ConfigError: ``score`` returned no ``settings.score_key`` metric (the record is kept).
+        WorkFailed: a candidate failed; raised after the rest of its generation is scored.
     """
     revived = store.reset_running(step)
     if revived:
         log.info("%s: %d candidate(s) interrupted by a kill will be scored again", step, revived)
+    retried = store.reset_failed(step)
+    if retried:
+        log.info("%s: %d failed candidate(s) will be evaluated again", step, retried)
     key = settings.score_key
     for gen in range(settings.max_epochs):
         records = store.records(step)
         earlier = [r for r in records if _generation(r) < gen]
         stored = {r.genotype: r for r in records if _generation(r) == gen}  # when resuming
         rng = random.Random(seed * 1_000_003 + gen)
-        proposals = _propose(space, settings, gen, earlier, stored, cost, check_cost, rng)
+        proposals = propose_generation(space, settings, gen, earlier, stored, cost, check_cost, rng)
         if gen == 0 and proposals.feasible == 0:
-            raise InfeasibleConstraints(_infeasible_message(proposals, constraints_text))
+            raise InfeasibleConstraints(infeasible_message(proposals, constraints_text))
         if len(proposals.candidates) < settings.num_candidates:
             log.warning(
                 "%s generation %d: only %d of %d candidates after max_tries=%d proposals (%s); "
@@ -269,7 +210,7 @@ def evolution_search(
         todo += _orphans(space, step, gen, stored, proposals.candidates)
         if todo:
             _score_generation(store, step, gen, todo, payload, score, executor, key)
-        scores = [_score(r, key) for r in top_records(store, step, settings.top_k, key)]
+        scores = [score_of(r, key) for r in top_records(store, step, settings.top_k, key)]
         origins = Counter(c.origin for c in proposals.candidates)
         log.info(
             "%s generation %d/%d: %d scored, %d already finished (%d mutation, %d crossover, "
@@ -288,12 +229,11 @@ def evolution_search(
             len(scores),
             sum(scores) / len(scores) if scores else math.nan,
         )
+        ours = [r for r in store.records(step) if _generation(r) == gen]
+        failed = [r for r in ours if r.status == "failed"]
+        if failed:
+            raise work_failed(store, step, failed, len(ours), f" of generation {gen}")
     return top_records(store, step, None, key)
-
-
-def _score(rec: Record, score_key: str) -> float:
-    value = rec.metrics.get(score_key)
-    return -math.inf if value is None or math.isnan(value) else float(value)
 
 
 def _generation(rec: Record) -> int:
@@ -302,58 +242,12 @@ def _generation(rec: Record) -> int:
     return gen if isinstance(gen, int) else -1
 
 
-def _propose(
-    space: Space[G],
-    settings: EvolutionSettings,
-    gen: int,
-    earlier: list[Record],
-    stored: dict[str, Record],
-    cost: Callable[[G], Mapping[str, float]],
-    check_cost: CheckCost | None,
-    rng: random.Random,
-) -> _Proposals[G]:
-    """Generation ``gen``'s candidates, from ``earlier`` records only (same list on resume)."""
-    proposals: _Proposals[G] = _Proposals(
-        earlier={r.genotype for r in earlier},
-        stored={text: rec.cost for text, rec in stored.items()},
-        cost=lambda g: dict(cost(g)),
-        check_cost=check_cost,
-        max_tries=settings.max_tries,
-    )
-    if gen > 0:
-        done = sorted(
-            (r for r in earlier if r.status == "done"), key=lambda r: -_score(r, settings.score_key)
-        )
-        parents = [(r.id, space.parse(r.genotype)) for r in done[: settings.top_k]]
-
-        def mutant() -> tuple[G, tuple[int, ...]]:
-            pid, g = rng.choice(parents)
-            return space.mutate(g, rng, settings.mutate_prob), (pid,)
-
-        def child() -> tuple[G, tuple[int, ...]]:
-            (ia, a), (ib, b) = rng.sample(parents, 2)
-            return space.crossover(a, b, rng, settings.crossover_prob), (ia, ib)
-
-        # mutants and crossovers may use half the tries at most, in proportion to their counts:
-        # near convergence most are duplicates, and random samples must still fill the population
-        share = settings.max_tries / (2 * settings.num_candidates)
-        if parents:
-            tries = max(1, int(share * settings.num_mutation))
-            proposals.fill(mutant, "mutation", settings.num_mutation, tries)
-        if len(parents) >= 2:
-            tries = max(1, int(share * settings.num_crossover))
-            proposals.fill(child, "crossover", settings.num_crossover, tries)
-    missing = settings.num_candidates - len(proposals.candidates)
-    proposals.fill(lambda: (space.sample(rng), ()), "random", missing)
-    return proposals
-
-
 def _record_candidates(
-    store: RecordStore, step: str, gen: int, candidates: list[_Candidate[G]]
-) -> tuple[list[tuple[int, _Candidate[G]]], int]:
+    store: RecordStore, step: str, gen: int, candidates: list[Candidate[G]]
+) -> tuple[list[tuple[int, Candidate[G]]], int]:
     """Store the candidates (a resumed run finds them stored); return the pending ones with their
     record ids, and how many are already finished (done or failed)."""
-    todo: list[tuple[int, _Candidate[G]]] = []
+    todo: list[tuple[int, Candidate[G]]] = []
     finished = 0
     for cand in candidates:
         extra: dict[str, Any] = {"generation": gen, "origin": cand.origin}
@@ -384,8 +278,8 @@ def _record_candidates(
 
 
 def _orphans(
-    space: Space[G], step: str, gen: int, stored: dict[str, Record], candidates: list[_Candidate[G]]
-) -> list[tuple[int, _Candidate[G]]]:
+    space: Space[G], step: str, gen: int, stored: dict[str, Record], candidates: list[Candidate[G]]
+) -> list[tuple[int, Candidate[G]]]:
     """Pending records of generation ``gen`` the regenerated list lacks: possible on resume only
     when ``cost`` is not reproducible (measured latency). They are scored all the same."""
     listed = {c.text for c in candidates}
@@ -399,7 +293,7 @@ def _orphans(
             len(orphans),
         )
     return [
-        (r.id, _Candidate(space.parse(r.genotype), r.genotype, r.cost, r.extra.get("origin", "")))
+        (r.id, Candidate(space.parse(r.genotype), r.genotype, r.cost, r.extra.get("origin", "")))
         for r in orphans
     ]
 
@@ -408,7 +302,7 @@ def _score_generation(
     store: RecordStore,
     step: str,
     gen: int,
-    todo: list[tuple[int, _Candidate[G]]],
+    todo: list[tuple[int, Candidate[G]]],
     payload: Callable[[G], dict[str, Any]],
     score: Callable[[dict[str, Any]], dict[str, Any]],
     executor: Executor,
@@ -437,8 +331,7 @@ def _score_generation(
 def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> None:
     rid = outcome.record_id
     if not outcome.ok:
-        store.fail(rid, outcome.error or "failed")
-        log.warning("%s #%d failed: %s", step, rid, outcome.error)
+        record_failure(store, step, outcome)
         return
     result = outcome.result
     try:
@@ -457,34 +350,3 @@ def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> 
             f"returned ({', '.join(sorted(rec.metrics)) or 'none'}); set score_key to one of them"
         )
     log.info("%s #%d %s done: %s %.4f", step, rid, rec.genotype, score_key, rec.metrics[score_key])
-
-
-def _infeasible_message(proposals: _Proposals[Any], constraints_text: str) -> str:
-    """One line: how many were tried, the cheapest value of each constrained key, the reason."""
-    parts = [constraints_text.strip()] if constraints_text.strip() else []
-    keys = _constrained_keys(list(proposals.cheapest), constraints_text)
-    if keys:
-        cheapest = ", ".join(f"{k} {_num(proposals.cheapest[k])}" for k in keys)
-        parts.append(f"cheapest seen: {cheapest}")
-    if proposals.reasons:
-        reason, count = proposals.reasons.most_common(1)[0]
-        parts.append(f"most common reason: {reason} ({count} of {proposals.tried})")
-    detail = f" ({'; '.join(parts)})" if parts else ""
-    message = (
-        f"no architecture of {proposals.tried} sampled satisfies the constraints{detail} — "
-        "loosen search.constraints"
-    )
-    return " ".join(message.split())
-
-
-def _constrained_keys(keys: list[str], text: str) -> list[str]:
-    """Cost keys named in the constraints text (``flops`` in ``flops <= 3e8``, else in
-    ``max_flops``); all of them when it names none."""
-    exact = [k for k in keys if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", text)]
-    loose = [k for k in keys if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", text)]
-    return exact or loose or sorted(keys)
-
-
-def _num(value: float) -> str:
-    """``2100000.0`` as ``2.1e6``, ``12.0`` as ``12``."""
-    return re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{value:.3g}")

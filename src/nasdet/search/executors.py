@@ -14,8 +14,9 @@ and commits each outcome as it arrives::
             else:
                 store.fail(outcome.record_id, outcome.error)
 
-An exception inside ``fn`` (or a crashed Ray worker) becomes ``Outcome(ok=False, error=...)`` with a
-one-line error; the traceback is logged at DEBUG level. It never stops the run.
+An exception inside ``fn`` (or a crashed Ray worker) becomes ``Outcome(ok=False, error=...,
+traceback=...)``: a one-line error and the full traceback text (also logged at DEBUG level). It
+never stops the run: the caller decides what a failure means.
 """
 
 from __future__ import annotations
@@ -72,12 +73,15 @@ class Outcome:
         ok: ``fn`` returned a dict (``True``) or failed (``False``).
         result: ``fn``'s return value (metrics, cost, weights path...); empty when failed.
         error: ``"ExceptionType: message"`` on one line when failed, else ``None``.
+        traceback: the full traceback text when failed (for a crashed Ray worker, Ray's error
+            text), else ``None``.
     """
 
     record_id: int
     ok: bool
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    traceback: str | None = None
 
 
 def error_line(exc: BaseException) -> str:
@@ -87,23 +91,21 @@ def error_line(exc: BaseException) -> str:
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-def _call(fn: TaskFn, task: Task) -> tuple[Outcome, str | None]:
-    """Run ``fn`` on a task; return its outcome and, when it failed, the traceback text."""
+def _call(fn: TaskFn, task: Task) -> Outcome:
+    """Run ``fn`` on a task; its outcome, with the traceback text when it failed."""
     try:
         result = fn(dict(task.payload))
         if not isinstance(result, Mapping):
             raise TypeError(f"the task function returned {type(result).__name__}, not a dict")
-        return Outcome(task.record_id, True, dict(result)), None
+        return Outcome(task.record_id, True, dict(result))
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate is its outcome
-        tb = traceback.format_exc()
-        logger.debug("record %d failed:\n%s", task.record_id, tb)
-        return Outcome(task.record_id, False, {}, error_line(exc)), tb
+        return Outcome(task.record_id, False, {}, error_line(exc), traceback.format_exc())
 
 
-def _log_failure(outcome: Outcome, tb: str | None) -> None:
+def _log_failure(outcome: Outcome) -> None:
     logger.warning("record %d failed: %s", outcome.record_id, outcome.error)
-    if tb:
-        logger.debug("record %d traceback:\n%s", outcome.record_id, tb)
+    if outcome.traceback:
+        logger.debug("record %d traceback:\n%s", outcome.record_id, outcome.traceback)
 
 
 class Executor(ABC):
@@ -149,13 +151,13 @@ class InProcessExecutor(Executor):
     def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
         """See :meth:`Executor.run`; tasks run in order, each outcome before the next pull."""
         for task in tasks:
-            outcome, _ = _call(fn, task)
+            outcome = _call(fn, task)
             if not outcome.ok:
-                _log_failure(outcome, None)  # _call logged the traceback already
+                _log_failure(outcome)
             yield outcome
 
 
-def _ray_call(fn: TaskFn, task: Task) -> tuple[Outcome, str | None]:
+def _ray_call(fn: TaskFn, task: Task) -> Outcome:
     """The Ray task: :func:`_call` on a worker (module level, so workers import it by name)."""
     return _call(fn, task)
 
@@ -310,12 +312,11 @@ class RayExecutor(Executor):
     def _collect(self, ref: Any, task: Task) -> Outcome:
         ray = self._ray
         try:
-            outcome, tb = ray.get(ref)
+            outcome = ray.get(ref)
         except ray.exceptions.RayError as exc:  # worker crash, lost object, cancelled...
-            outcome = Outcome(task.record_id, False, {}, error_line(exc))
-            tb = str(exc)
+            outcome = Outcome(task.record_id, False, {}, error_line(exc), str(exc))
         if not outcome.ok:
-            _log_failure(outcome, tb)
+            _log_failure(outcome)
         return outcome
 
     def close(self) -> None:

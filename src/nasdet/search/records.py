@@ -290,10 +290,21 @@ class RecordStore:
 
         return self._transition(record_id, ("running",), "finish", updates)
 
-    def fail(self, record_id: int, error: str) -> Record:
-        """Mark a ``pending`` or ``running`` record ``failed`` with a one-line reason."""
-        updates = {"status": "failed", "error": str(error), "finished_at": time.time()}
-        return self._transition(record_id, ("pending", "running"), "fail", lambda _: updates)
+    def fail(self, record_id: int, error: str, traceback: str | None = None) -> Record:
+        """Mark a ``pending`` or ``running`` record ``failed`` with a one-line reason; a
+        ``traceback`` (the full text) is kept in ``extra["traceback"]``."""
+
+        def updates(current: Record) -> dict[str, Any]:
+            columns: dict[str, Any] = {
+                "status": "failed",
+                "error": str(error),
+                "finished_at": time.time(),
+            }
+            if traceback is not None:
+                columns["extra"] = _dumps({**current.extra, "traceback": traceback}, "extra")
+            return columns
+
+        return self._transition(record_id, ("pending", "running"), "fail", updates)
 
     def mark_infeasible(self, record_id: int, reason: str) -> Record:
         """Mark a ``pending`` or ``running`` record ``infeasible`` (violates a constraint)."""
@@ -327,6 +338,26 @@ class RecordStore:
         with self._db.write() as cur:
             cur.execute("DELETE FROM records WHERE step = ?", (step,))
             return int(cur.rowcount)
+
+    def reset_failed(self, step: str) -> int:
+        """Put the ``failed`` records of ``step`` back to ``pending`` (their error and
+        ``extra["traceback"]`` dropped) so they are evaluated again; return how many."""
+        with self._db.write() as cur:
+            rows = cur.execute(
+                "SELECT id, extra FROM records WHERE step = ? AND status = 'failed'", (step,)
+            ).fetchall()
+            for rid, extra in rows:
+                kept = {k: v for k, v in json.loads(extra).items() if k != "traceback"}
+                cur.execute(
+                    "UPDATE records SET status = 'pending', error = NULL, worker = NULL, "
+                    "started_at = NULL, finished_at = NULL, extra = ? WHERE id = ?",
+                    (_dumps(kept, "extra"), rid),
+                )
+        if rows:
+            logger.info(
+                "%s: %d failed record(s) of %s put back to pending", self.path, len(rows), step
+            )
+        return len(rows)
 
     # -- reads -------------------------------------------------------------------------------
 
