@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,21 +31,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import SGD, AdamW, Optimizer
-from torch.optim.lr_scheduler import (
-    ConstantLR,
-    CosineAnnealingLR,
-    LinearLR,
-    LRScheduler,
-    MultiStepLR,
-    SequentialLR,
-)
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from nasdet.data import collate
 from nasdet.engine.distributed import barrier, current
-from nasdet.errors import CheckpointError, ConfigError, TrainingDiverged
+from nasdet.engine.optim import make_optimizer as make_optimizer  # re-exported
+from nasdet.engine.optim import make_scheduler as make_scheduler  # re-exported
+from nasdet.engine.optim import resolve_device as resolve_device  # re-exported
+from nasdet.errors import CheckpointError, TrainingDiverged
 from nasdet.models.io import atomic_save, read_weights
 
 log = logging.getLogger(__name__)
@@ -62,55 +58,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside a ``DistributedDataParallel`` wrapper (``model`` itself when it is
     not wrapped): call ``set_active_subnet`` and the like on it, forwards through the wrapper."""
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def make_optimizer(
-    model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
-) -> Optimizer:
-    """SGD (with momentum) or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
-
-
-def make_scheduler(
-    optimizer: Optimizer,
-    schedule: str,
-    *,
-    total_iters: int,
-    warmup_iters: int = 0,
-    warmup_factor: float = 0.001,
-    milestones: Sequence[int] = (),
-    gamma: float = 0.1,
-) -> LRScheduler:
-    """A per-iteration schedule: linear warm-up from ``warmup_factor * lr`` over ``warmup_iters``
-    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant."""
-    warmup = min(warmup_iters, max(total_iters - 1, 0))
-    rest = max(total_iters - warmup, 1)
-    if schedule == "cosine":
-        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
-    elif schedule == "multistep":
-        main = MultiStepLR(optimizer, [max(m - warmup, 1) for m in milestones], gamma=gamma)
-    elif schedule == "constant":
-        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
-    else:
-        raise ValueError(f"schedule must be cosine, multistep or constant, got {schedule!r}")
-    if warmup == 0:
-        return main
-    ramp = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup)
-    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available — use auto")
-    return torch.device(name)
 
 
 @dataclass
@@ -137,8 +84,9 @@ class Trainer:
     one graph is alive at a time and gradients accumulate; after the last forward it clips and
     steps the optimizer once. The logged loss is the sum over the forwards. ``forwards_per_step``
     declares how many forwards the hook yields per step (checked): distributed, all but the last
-    then run under ``no_sync()`` and the gradients are all-reduced once, with the last backward;
-    left ``None``, every backward all-reduces (the same gradients, more communication).
+    then run under ``no_sync()`` and the gradients are all-reduced once, with the last backward
+    (DDP decides at forward time, hence a count declared ahead); left ``None``, every backward
+    all-reduces (the same gradients, more communication). Every rank must run as many forwards.
     Randomness in the hook should come from the step index or the global RNG (checkpointed), so
     that a resume stays exact. Without a hook a step is one ``model(images, targets)`` forward.
 
