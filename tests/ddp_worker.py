@@ -4,8 +4,11 @@
 A two-branch model (one branch used per step, chosen by ``before_step`` from the step index, so
 the other branch's parameters are unused) trains 2 epochs with the Trainer on gloo, straight in
 ``OUTDIR/straight``; then again in ``OUTDIR/killed``, stopped at the start of epoch 2 and resumed
-from the checkpoint. Each rank writes ``OUTDIR/rank<r>.json``: chosen branches, the sample
-indices seen per epoch, initial and final parameters (flattened), checkpoint writes, history.
+from the checkpoint. Then twice more with a ``step_hook`` of two forwards per step (branch 0, then
+branch 1): with ``forwards_per_step=2`` (the first forward under ``no_sync``) and without (every
+backward all-reduces). Each rank writes ``OUTDIR/rank<r>.json``: chosen branches, the sample
+indices seen per epoch, initial and final parameters (flattened), checkpoint writes, history, and
+for the hooked runs the final parameters and, per forward, whether DDP was to synchronise.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from nasdet.engine import train as train_mod
 from nasdet.engine.distributed import cleanup, init_distributed
-from nasdet.engine.train import Trainer, make_scheduler
+from nasdet.engine.train import Trainer, make_scheduler, unwrap
 
 N, BATCH, EPOCHS = 32, 4, 2
 
@@ -65,10 +69,13 @@ def flat(model: nn.Module) -> list[float]:
     return torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
 
 
-def make(out: Path, seed: int, stop_at: int | None = None) -> tuple[Trainer, TwoBranch, list]:
+def make(
+    out: Path, seed: int, stop_at: int | None = None, **kw: Any
+) -> tuple[Trainer, TwoBranch, list]:
     """A fresh model (initialised with ``seed``) and its Trainer, and the list the branches
-    chosen will be appended to; ``stop_at``: step to stop at. The model's initial parameters are
-    kept as ``model.init`` (the Trainer's DDP wrapper replaces them with rank 0's)."""
+    chosen will be appended to; ``stop_at``: step to stop at; ``kw``: more Trainer arguments.
+    The model's initial parameters are kept as ``model.init`` (the Trainer's DDP wrapper
+    replaces them with rank 0's)."""
     torch.manual_seed(seed)
     model = TwoBranch()
     model.init = flat(model)
@@ -96,8 +103,33 @@ def make(out: Path, seed: int, stop_at: int | None = None) -> tuple[Trainer, Two
         tensorboard=False,
         before_step=before_step,
         find_unused_parameters=True,
+        **kw,
     )
     return trainer, model, branches
+
+
+def both_branches(syncs: list[bool]) -> Any:
+    """A step hook: branch 0, then branch 1 (each leaves the other's parameters unused); appends
+    to ``syncs`` whether DDP will all-reduce after each forward."""
+
+    def hook(net: nn.Module, images: list, targets: list, step: int) -> Any:
+        assert isinstance(net, DistributedDataParallel)
+        for branch in (0, 1):
+            unwrap(net).active = branch
+            syncs.append(bool(net.require_backward_grad_sync))
+            yield net(images, targets)
+
+    return hook
+
+
+def hooked(out: Path, rank: int, forwards: int | None) -> dict[str, Any]:
+    """Train with :func:`both_branches`; the final parameters and the sync flags."""
+    syncs: list[bool] = []
+    trainer, model, _ = make(
+        out, seed=100 + rank, step_hook=both_branches(syncs), forwards_per_step=forwards
+    )
+    trainer.fit()
+    return {"final": flat(model), "syncs": syncs, "loss": [e["loss"] for e in trainer.history]}
 
 
 def main(out: Path) -> None:
@@ -137,6 +169,8 @@ def main(out: Path) -> None:
         "resumed_final": flat(resumed_model),
         "writes": straight_writes,
         "loss": [e["loss"] for e in history],
+        "hooked": hooked(out / "hooked", info.rank, 2),
+        "hooked_sync_each": hooked(out / "hooked_sync_each", info.rank, None),
     }
     (out / f"rank{info.rank}.json").write_text(json.dumps(result))
     cleanup()

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FrozenBatchNorm2d
 
 from nasdet.data import CocoDetectionDataset, eval_transforms, make_digits
@@ -14,7 +16,7 @@ from nasdet.engine.bn import bn_batch_stats, bn_layers, recalibrate_bn, recalibr
 from nasdet.engine.evaluate import evaluate, predict
 from nasdet.models import detectors
 from nasdet.models.backbone import FPNBackbone
-from nasdet.models.baselines import BASELINES
+from nasdet.models.baselines import BASELINES, resnet18
 
 
 def _net() -> nn.Sequential:
@@ -187,3 +189,97 @@ def test_evaluate_with_bn_in_train_mode(digits: tuple[CocoDetectionDataset, ...]
     assert not any(m.training for m in model.modules())
     with pytest.raises(ValueError, match="bn_mode"):
         predict(model, val, bn_mode="batch")  # type: ignore[arg-type]
+
+
+def _ssdlite() -> nn.Module:
+    """SSDLite (torchvision's SSDLiteHead: depthwise conv + BatchNorm) on a tiny ResNet."""
+    return detectors.ssd(resnet18(width_mult=0.125), 11, size=64, lite=True)
+
+
+def _retinanet_bn_head() -> nn.Module:
+    """RetinaNet whose (level-shared) head normalises with BatchNorm."""
+    model = detectors.retinanet(FPNBackbone(resnet18(width_mult=0.125), 16), 11, min_size=64,
+                                max_size=64)
+    model.head = RetinaNetHead(16, 9, 11, norm_layer=nn.BatchNorm2d)
+    return model
+
+
+def _fasterrcnn_bn_box_head() -> nn.Module:
+    """Faster R-CNN whose RoI box head is convolutions with BatchNorm."""
+    model = detectors.fasterrcnn(FPNBackbone(resnet18(width_mult=0.125), 16), 11, min_size=64,
+                                 max_size=64, representation_size=32, rpn_post_nms_top_n=(50, 20))
+    model.roi_heads.box_head = FastRCNNConvFCHead((16, 7, 7), [16], [32], norm_layer=nn.BatchNorm2d)
+    return model
+
+
+def _heads(model: nn.Module) -> nn.Module:
+    return model.roi_heads if hasattr(model, "roi_heads") else model.head
+
+
+def _direct_bn_statistics(
+    model: nn.Module, batches: list[list[torch.Tensor]]
+) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor, int]]:
+    """Per BN: the mean over its calls of the per-call channel means and unbiased variances of
+    its input, and the number of calls, over an eval forward of ``batches`` that normalises with
+    batch statistics (what recalibration runs), computed from the inputs themselves."""
+    inputs: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in bn_layers(model)}
+    hooks = [bn.register_forward_pre_hook(lambda m, a: inputs[m].append(a[0])) for bn in inputs]
+    model.eval()
+    with torch.no_grad(), bn_batch_stats(model):
+        for images in batches:
+            model(images)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for bn, xs in inputs.items():
+        dims = [d for d in range(xs[0].dim()) if d != 1]
+        means = torch.stack([x.mean(dim=dims) for x in xs])
+        vars_ = torch.stack([x.var(dim=dims, unbiased=True) for x in xs])
+        out[bn] = (means.mean(0), vars_.mean(0), len(xs))
+    return out
+
+
+@pytest.mark.parametrize("build", [_ssdlite, _retinanet_bn_head, _fasterrcnn_bn_box_head])
+def test_recalibrate_detector_bn_covers_the_heads(
+    digits: tuple[CocoDetectionDataset, ...], build
+) -> None:
+    train, _ = digits
+    torch.manual_seed(0)
+    model = build()
+    model.train()
+    model.backbone.eval()
+    modes = [m.training for m in model.modules()]
+    head_bns = bn_layers(_heads(model))
+    assert head_bns and all(float(bn.running_var.mean()) == 1.0 for bn in head_bns)
+    fed: list[list[torch.Tensor]] = []
+    detector_modes: list[bool] = []
+
+    def record(m: nn.Module, args: tuple) -> None:
+        fed.append(list(args[0]))
+        detector_modes.append(m.training)
+
+    anchors: list[int] = []
+    hooks = [
+        model.register_forward_pre_hook(record),
+        model.anchor_generator.register_forward_hook(lambda *a: anchors.append(1))
+        if hasattr(model, "anchor_generator")
+        else None,
+    ]
+    seen = recalibrate_detector_bn(model, train, num_samples=6, batch_size=3, seed=0)
+    for h in hooks:
+        if h is not None:
+            h.remove()
+
+    assert seen == 6 and [len(b) for b in fed] == [3, 3]
+    assert anchors == []  # single-stage: stopped after the head (no anchors, decoding, NMS)
+    assert detector_modes == [False, False]  # eval forward: no targets needed
+    assert [m.training for m in model.modules()] == modes
+    expected = _direct_bn_statistics(model, fed)
+    for bn in bn_layers(model):
+        mean, var, calls = expected[bn]
+        assert int(bn.num_batches_tracked) == calls > 0
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    for bn in head_bns:  # the heads' statistics moved away from their initial 0 / 1
+        assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))

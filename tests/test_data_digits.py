@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from nasdet.data import digits as digits_mod
 from nasdet.data.digits import (
     ALPHA_THRESHOLD,
     DIGIT_CATEGORY_IDS,
@@ -17,10 +23,13 @@ from nasdet.data.digits import (
     MIN_SIDE,
     digit_alpha,
     digit_pools,
+    ensure_digits,
+    ensure_digits_classification,
     make_digits,
     make_digits_classification,
     tight_box,
 )
+from nasdet.errors import DataError
 
 TRAIN, VAL = 24, 8
 
@@ -159,3 +168,159 @@ def test_classification_layout_and_determinism(tmp_path: Path) -> None:
                 assert im.size == (32, 32) and im.mode == "RGB"
     again = make_digits_classification(tmp_path / "b", per_class_train=3, per_class_val=2, seed=5)
     assert _files(out) == _files(again)
+
+
+# ---------------------------------------------------------------------- atomic generation
+
+
+SAVE_PNG = digits_mod._save_png
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of writing a set."""
+
+
+def _die_after(monkeypatch: pytest.MonkeyPatch, n: int) -> list[Path]:
+    """Make the image writer raise after ``n`` images; returns the list of paths written."""
+    written: list[Path] = []
+    save = SAVE_PNG
+
+    def save_then_die(image: Image.Image, path: Path) -> None:
+        if len(written) == n:
+            raise Killed
+        save(image, path)
+        written.append(path)
+
+    monkeypatch.setattr(digits_mod, "_save_png", save_then_die)
+    return written
+
+
+def _siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+def _make_cls(root: Path) -> Path:
+    return make_digits_classification(root, per_class_train=2, per_class_val=1, size=16, seed=5)
+
+
+def _ensure_cls(root: Path) -> Path:
+    return ensure_digits_classification(root, per_class_train=2, per_class_val=1, size=16, seed=5)
+
+
+def _make_det(root: Path) -> Path:
+    return make_digits(root, train=3, val=2, size=32, seed=5)
+
+
+def _ensure_det(root: Path) -> Path:
+    return ensure_digits(root, train=3, val=2, size=32, seed=5)
+
+
+SETS = [(_make_cls, _ensure_cls), (_make_det, _ensure_det)]
+
+
+@pytest.mark.parametrize(("make", "ensure"), SETS)
+def test_a_killed_generation_leaves_nothing_and_is_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, ensure
+) -> None:
+    reference = _files(make(tmp_path / "reference"))
+    root = tmp_path / "work" / "set"
+    for generate in (make, ensure):
+        written = _die_after(monkeypatch, 3)
+        with pytest.raises(Killed):
+            generate(root)
+        assert len(written) == 3  # it was killed mid-way ...
+        assert not root.exists()  # ... and the target does not exist
+        assert _siblings(root) == []  # nor does the half-written temporary folder
+    monkeypatch.undo()
+
+    assert ensure(root) == root
+    assert _files(root) == reference
+
+
+@pytest.mark.parametrize(("make", "ensure"), SETS)
+def test_existing_sets_are_reused_or_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, ensure
+) -> None:
+    reference = _files(make(tmp_path / "reference"))
+    root = make(tmp_path / "work" / "set")
+    _die_after(monkeypatch, 0)
+    assert ensure(root) == root  # complete, same arguments: nothing is written
+    monkeypatch.undo()
+    (root / "extra.txt").write_text("x")
+    assert make(root) == root  # make writes afresh and replaces the set
+    assert _files(root) == reference and _siblings(root) == []
+
+
+def test_ensure_replaces_a_set_made_with_other_arguments(tmp_path: Path) -> None:
+    root = make_digits_classification(tmp_path / "set", per_class_train=1, per_class_val=1,
+                                      size=16, seed=5)
+    assert _files(_ensure_cls(root)) == _files(_make_cls(tmp_path / "reference"))
+
+
+@pytest.mark.parametrize(("make", "ensure"), SETS)
+def test_a_folder_that_is_not_a_digits_set_is_left_alone(tmp_path: Path, make, ensure) -> None:
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("keep me")
+    for generate in (make, ensure):
+        with pytest.raises(DataError, match="not a digits set written by nasdet"):
+            generate(root)
+    assert _files(root) == {"notes.txt": b"keep me"} and _siblings(root) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert make(empty) == empty and (empty / "nasdet-digits.json").is_file()
+
+
+@pytest.mark.parametrize(("make", "ensure"), SETS)
+def test_concurrent_calls_give_one_complete_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, ensure
+) -> None:
+    reference = _files(make(tmp_path / "reference"))
+    root = tmp_path / "shared" / "set"
+    both_writing = threading.Barrier(3, timeout=60)
+    save = SAVE_PNG
+    first = threading.local()
+
+    def save_together(image: Image.Image, path: Path) -> None:
+        if not getattr(first, "done", False):  # every writer holds here until all are writing
+            first.done = True
+            both_writing.wait()
+        save(image, path)
+
+    monkeypatch.setattr(digits_mod, "_save_png", save_together)
+    results: list[object] = []
+
+    def run(generate) -> None:
+        try:
+            results.append(generate(root))
+        except Exception as e:  # reported by the assertion below
+            results.append(e)
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in (ensure, ensure, make)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [root, root, root]
+    assert _files(root) == reference and _siblings(root) == []
+
+
+def test_a_hard_kill_leaves_no_target(tmp_path: Path) -> None:
+    root = tmp_path / "work" / "set"
+    code = (
+        "import sys; from nasdet.data.digits import ensure_digits_classification as e; "
+        "e(sys.argv[1], per_class_train=400, per_class_val=1, size=16, seed=5)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)])
+    try:
+        deadline = time.monotonic() + 120
+        while not any(len(list(t.rglob("*.png"))) >= 20 for t in root.parent.glob(".set.*.tmp")):
+            assert proc.poll() is None and time.monotonic() < deadline, "never got mid-way"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not root.exists()
+    assert [p.suffix for p in root.parent.iterdir()] == [".tmp"]  # what a hard kill leaves
+    assert _files(_ensure_cls(root)) == _files(_make_cls(tmp_path / "reference"))

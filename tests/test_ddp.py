@@ -16,6 +16,7 @@ from nasdet.engine.distributed import DistInfo, barrier, current, init_distribut
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 N = 32  # the worker's dataset size
+EPOCHS = 2
 
 
 def test_single_process_is_not_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,3 +64,18 @@ def test_two_processes_train_the_same_model(tmp_path: Path) -> None:
     assert len(ck["rng_per_rank"]) == 2
     # stopped after epoch 1 and resumed on both ranks: the same weights as straight through
     assert r0["resumed_final"] == r1["resumed_final"] == r0["final"]
+
+    # a step hook of two forwards (branch 0, then 1): the first under no_sync, the second
+    # all-reduces the accumulated gradients of both branches; ranks end with the same weights
+    h0, h1 = r0["hooked"], r1["hooked"]
+    steps = EPOCHS * N // (2 * 4)
+    assert h0["syncs"] == h1["syncs"] == [False, True] * steps
+    assert h0["final"] == h1["final"]
+    init = r0["init"]  # rank 0's: DDP broadcast it
+    branch0, branch1 = slice(40, 49), slice(49, 58)
+    assert h0["final"][branch0] != init[branch0] and h0["final"][branch1] != init[branch1]
+    assert h0["loss"] == h1["loss"]
+    # without forwards_per_step every backward all-reduces: the same training
+    e0 = r0["hooked_sync_each"]
+    assert e0["syncs"] == [True] * 2 * steps and e0["final"] == r1["hooked_sync_each"]["final"]
+    assert e0["final"] == pytest.approx(h0["final"], rel=1e-5, abs=1e-6)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config
+from ddp_worker import Points, TwoBranch
 from torch import nn
+from torch.utils.data import Subset
 
 import nasdet
 from nasdet.config import parse_config
-from nasdet.engine.train import make_scheduler
+from nasdet.engine.train import Trainer, make_scheduler, unwrap
 from nasdet.errors import CheckpointError, TrainingDiverged
 from nasdet.training import train_step
 
@@ -133,3 +135,129 @@ def test_load_model_rejects_other_files(tmp_path: Path) -> None:
         nasdet.load_model(junk)
     with pytest.raises(CheckpointError, match="not found"):
         nasdet.load_model(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------- step_hook
+
+
+def _trainer(out: Path, *, size: int = 4, epochs: int = 1, **kw: object) -> Trainer:
+    """A Trainer of ddp_worker's two-branch model on ``size`` points, batches of 4, SGD with
+    momentum at a constant lr; ``kw`` goes to the Trainer (step_hook, grad_clip, ...)."""
+    torch.manual_seed(0)
+    model = TwoBranch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps = epochs * math.ceil(size / 4)
+    return Trainer(
+        model=model,
+        train_set=Subset(Points(), range(size)),
+        optimizer=opt,
+        scheduler=make_scheduler(opt, "constant", total_iters=steps),
+        out_dir=out,
+        epochs=epochs,
+        batch_size=4,
+        amp=False,
+        channels_last=False,
+        tensorboard=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_step_hook_halved_twice_equals_one_forward(tmp_path: Path, clip: float | None) -> None:
+    def halves(model, images, targets, step):
+        for _ in range(2):
+            yield {k: v / 2 for k, v in model(images, targets).items()}
+
+    plain = _trainer(tmp_path / "plain", grad_clip=clip)
+    init = _weights(plain.model)
+    plain.fit()
+    hooked = _trainer(tmp_path / "hooked", grad_clip=clip, step_hook=halves, forwards_per_step=2)
+    hooked.fit()
+
+    a, b = _weights(plain.model), _weights(hooked.model)
+    assert not torch.allclose(a["stem.weight"], init["stem.weight"])  # it trained
+    for k in a:  # one clipped step on the summed gradient, not one per forward
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    assert hooked.history[0]["loss"] == pytest.approx(plain.history[0]["loss"], rel=1e-6)
+
+
+def test_step_hook_backpropagates_each_forward_and_logs_the_sum(tmp_path: Path) -> None:
+    yielded: list[float] = []
+    grads: list[torch.Tensor | None] = []
+    steps: list[int] = []
+
+    def three(model, images, targets, step):
+        steps.append(step)
+        grads.append(model.stem.weight.grad)
+        for k, scale in enumerate((1.0, 2.0, 3.0)):
+            unwrap(model).active = k % 2
+            losses = {n: v * scale for n, v in model(images, targets).items()}
+            yielded.append(float(sum(losses.values()).detach()))
+            yield losses
+            # backpropagated before the next forward: the gradient is there, and grows
+            grads.append(model.stem.weight.grad.clone())
+
+    trainer = _trainer(tmp_path, size=8, step_hook=three, forwards_per_step=3)
+    trainer.fit()
+
+    assert steps == [0, 1]
+    assert grads[0] is None and grads[4] is None  # zeroed before each step's first forward
+    assert all(g is not None for g in grads[1:4] + grads[5:])
+    assert not torch.equal(grads[1], grads[2]) and not torch.equal(grads[2], grads[3])
+    assert all(p.grad is not None for p in trainer.model.branches.parameters())  # both branches
+    per_step = [sum(yielded[:3]), sum(yielded[3:])]
+    assert trainer.history[0]["loss"] == pytest.approx(sum(per_step) / 2, rel=1e-6)
+
+
+def test_step_hook_count_is_checked(tmp_path: Path) -> None:
+    def forwards(n: int):
+        def hook(model, images, targets, step):
+            for _ in range(n):
+                yield model(images, targets)
+
+        return hook
+
+    with pytest.raises(ValueError, match="yielded 1 losses at step 0; expected 2"):
+        _trainer(tmp_path / "a", step_hook=forwards(1), forwards_per_step=2).fit()
+    with pytest.raises(ValueError, match="yielded more than 1 losses at step 0; expected 1"):
+        _trainer(tmp_path / "b", step_hook=forwards(2), forwards_per_step=1).fit()
+    with pytest.raises(ValueError, match="yielded 0 losses"):
+        _trainer(tmp_path / "c", step_hook=forwards(0)).fit()
+    with pytest.raises(ValueError, match="needs a step_hook"):
+        _trainer(tmp_path / "d", forwards_per_step=2)
+
+
+def _random_paths(model, images, targets, step):
+    """Two forwards on branches drawn from the global RNG (checkpointed), weights from the step."""
+    for k in range(2):
+        unwrap(model).active = int(torch.randint(2, ()))
+        yield {n: v * (1 + (step + k) % 3) for n, v in model(images, targets).items()}
+
+
+def test_resume_with_step_hook_is_bit_for_bit(tmp_path: Path, monkeypatch) -> None:
+    kw = {"size": 8, "epochs": 3, "step_hook": _random_paths, "forwards_per_step": 2}
+    straight = _trainer(tmp_path / "straight", **kw)
+    straight.fit()
+
+    original = Trainer.save_checkpoint
+
+    def save_then_die(self, epoch: int):
+        path = original(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "killed", **kw).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    resumed = _trainer(tmp_path / "killed", **kw)
+    resumed.fit(resume=True)
+
+    a, b = _weights(straight.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["loss"] for e in resumed.history] == [e["loss"] for e in straight.history]

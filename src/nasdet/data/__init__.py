@@ -7,7 +7,13 @@ Every dataset follows docs/design.md: ``dataset[i] -> (image, target)`` with lab
 
 from nasdet.data.check import Problem, check_coco, check_voc
 from nasdet.data.coco import CocoDetectionDataset
-from nasdet.data.digits import DIGIT_CATEGORY_IDS, make_digits, make_digits_classification
+from nasdet.data.digits import (
+    DIGIT_CATEGORY_IDS,
+    ensure_digits,
+    ensure_digits_classification,
+    make_digits,
+    make_digits_classification,
+)
 from nasdet.data.split import collate, split_indices
 from nasdet.data.transforms import eval_transforms, train_transforms
 from nasdet.data.voc import VOC_CLASSES, VOCDetectionDataset
@@ -21,6 +27,8 @@ __all__ = [
     "check_coco",
     "check_voc",
     "collate",
+    "ensure_digits",
+    "ensure_digits_classification",
     "eval_transforms",
     "make_digits",
     "make_digits_classification",

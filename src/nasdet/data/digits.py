@@ -10,6 +10,12 @@ The 1797 scikit-learn samples are split, per class and by seed, into disjoint tr
 (80 % / 20 %); the val split of both generators only draws from the val pool, so a model never sees
 a validation digit's handwriting in training (with the same seed for both generators, not even
 during pretraining). Output is deterministic: the same arguments give the same bytes.
+
+A set appears atomically (:mod:`nasdet.data._publish`): it is written into a temporary sibling
+folder renamed into place once complete, so ``out`` either does not exist or holds a complete set,
+whatever kills the writer. A complete set carries ``MANIFEST`` (``nasdet-digits.json``), the
+generator's arguments: ``ensure_digits`` / ``ensure_digits_classification`` reuse a set made with
+the same arguments and generate it otherwise, safely from several processes at once.
 """
 
 from __future__ import annotations
@@ -18,16 +24,22 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from nasdet.data._publish import MANIFEST, publish, reusable
+
 __all__ = [
     "ALPHA_THRESHOLD",
     "DIGIT_CATEGORY_IDS",
+    "MANIFEST",
     "digit_alpha",
     "digit_pools",
+    "ensure_digits",
+    "ensure_digits_classification",
     "make_digits",
     "make_digits_classification",
     "tight_box",
@@ -46,6 +58,7 @@ PLACEMENT_TRIES = 50  # bounded rejection sampling of a digit position
 COLOUR_CANDIDATES = 16
 MIN_LUMA_CONTRAST = 0.35  # |luma(digit colour) - luma(local background)|, luma in [0, 1]
 _LUMA = np.array([0.299, 0.587, 0.114])
+FORMAT_VERSION = 1  # bump when the generators' output changes: older sets are then regenerated
 # Stream ids mixed into the seed so that each split / image has its own random stream.
 _POOLS, _DET_TRAIN, _DET_VAL, _CLS_TRAIN, _CLS_VAL = range(5)
 
@@ -183,6 +196,11 @@ def _detection_image(
     return _finish(image, rng), objects
 
 
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write one generated image (fast PNG compression)."""
+    image.save(path, format="PNG", compress_level=1)
+
+
 def _write_detection_split(
     out: Path, split: str, count: int, pool: np.ndarray, size: int, seed: int, stream: int
 ) -> None:
@@ -191,7 +209,7 @@ def _write_detection_split(
         rng = np.random.default_rng([seed, stream, i])
         image, objects = _detection_image(rng, pool, size)
         file_name = f"{split}_{i:06d}.png"
-        image.save(out / "images" / file_name, format="PNG", compress_level=1)
+        _save_png(image, out / "images" / file_name)
         images.append({"id": i + 1, "file_name": file_name, "width": size, "height": size})
         for digit, bbox, index in objects:
             annotations.append({
@@ -218,19 +236,49 @@ def make_digits(
     ``train``/``val`` are image counts, ``size`` the square image side in px (>= 16). Boxes are
     XYWH float px, tight around the digit's pixels with alpha > ``ALPHA_THRESHOLD``; each
     annotation also records ``sklearn_index``, the scikit-learn sample it was drawn from.
+    Always writes afresh, atomically (see the module docstring; a manifest ``MANIFEST`` of the
+    arguments is added): a digits set already at ``out`` is replaced; a non-empty folder that is
+    not one raises ``DataError`` and is left alone.
     """
+    return _make_detection(Path(out), train, val, size, seed, keep_same=False)
+
+
+def ensure_digits(
+    root: Path, *, train: int = 3000, val: int = 500, size: int = 128, seed: int = 0
+) -> Path:
+    """``root`` holding the digits detection set of these arguments (see :func:`make_digits`):
+    returned as is when it already does, else generated there atomically — also when other
+    processes do the same at once — replacing a digits set made with other arguments
+    (``DataError`` for a non-empty folder that is not a digits set)."""
+    root = Path(root)
+    if reusable(root, _detection_manifest(train, val, size, seed)):
+        return root
+    return _make_detection(root, train, val, size, seed, keep_same=True)
+
+
+def _make_detection(
+    out: Path, train: int, val: int, size: int, seed: int, *, keep_same: bool
+) -> Path:
     if train < 0 or val < 0:
         raise ValueError(f"image counts must be >= 0, got train={train}, val={val}")
     if size < MIN_SIDE:
         raise ValueError(f"size must be >= {MIN_SIDE} px, got {size}")
-    out = Path(out)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     train_pool, val_pool = digit_pools(seed)
+
+    def write(folder: Path) -> None:
+        (folder / "annotations").mkdir()
+        (folder / "images").mkdir()
+        _write_detection_split(folder, "train", train, train_pool, size, seed, _DET_TRAIN)
+        _write_detection_split(folder, "val", val, val_pool, size, seed, _DET_VAL)
+
     log.info("writing digits detection set to %s (%d train, %d val images)", out, train, val)
-    _write_detection_split(out, "train", train, train_pool, size, seed, _DET_TRAIN)
-    _write_detection_split(out, "val", val, val_pool, size, seed, _DET_VAL)
-    return out
+    manifest = _detection_manifest(train, val, size, seed)
+    return publish(out, manifest, write, keep_same=keep_same)
+
+
+def _detection_manifest(train: int, val: int, size: int, seed: int) -> dict[str, Any]:
+    return {"generator": "make_digits", "version": FORMAT_VERSION, "train": train, "val": val,
+            "size": size, "seed": seed}
 
 
 def make_digits_classification(
@@ -240,27 +288,72 @@ def make_digits_classification(
 
     Each ``size`` x ``size`` px image holds one digit (side ``size // 2`` to ``size - 4`` px) in a
     contrasting colour on a textured background; val digits come from the val pool only.
+    ``per_class_*`` are image counts per digit. Always writes afresh, atomically, like
+    :func:`make_digits`.
     """
+    return _make_classification(
+        Path(out), per_class_train, per_class_val, size, seed, keep_same=False
+    )
+
+
+def ensure_digits_classification(
+    root: Path,
+    *,
+    per_class_train: int = 200,
+    per_class_val: int = 50,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """``root`` holding the digits classification set of these arguments (see
+    :func:`make_digits_classification`): returned as is when it already does, else generated
+    there, as :func:`ensure_digits` does."""
+    root = Path(root)
+    if reusable(root, _classification_manifest(per_class_train, per_class_val, size, seed)):
+        return root
+    return _make_classification(root, per_class_train, per_class_val, size, seed, keep_same=True)
+
+
+def _make_classification(
+    out: Path, per_class_train: int, per_class_val: int, size: int, seed: int, *, keep_same: bool
+) -> Path:
     if per_class_train < 0 or per_class_val < 0:
         raise ValueError("per-class image counts must be >= 0")
     if size < 8:
         raise ValueError(f"size must be >= 8 px, got {size}")
-    out = Path(out)
-    samples, targets = _sklearn_digits()
-    pools = digit_pools(seed)
-    splits = (("train", per_class_train, pools[0], _CLS_TRAIN), ("val", per_class_val, pools[1],
-                                                                   _CLS_VAL))
-    for split, per_class, pool, stream in splits:
-        for digit in range(10):
-            folder = out / split / str(digit)
-            folder.mkdir(parents=True, exist_ok=True)
-            class_pool = pool[targets[pool] == digit]
-            for i in range(per_class):
-                rng = np.random.default_rng([seed, stream, digit, i])
-                image = _background(rng, size)
-                side = int(rng.integers(size // 2, max(size // 2, size - 4) + 1))
-                x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
-                _paste(image, digit_alpha(samples[int(rng.choice(class_pool))], side), x, y, rng)
-                _finish(image, rng).save(folder / f"{i:05d}.png", format="PNG", compress_level=1)
+    train_pool, val_pool = digit_pools(seed)
+
+    def write(folder: Path) -> None:
+        _write_classification_split(
+            folder, "train", per_class_train, train_pool, size, seed, _CLS_TRAIN
+        )
+        _write_classification_split(folder, "val", per_class_val, val_pool, size, seed, _CLS_VAL)
+
+    manifest = _classification_manifest(per_class_train, per_class_val, size, seed)
+    publish(out, manifest, write, keep_same=keep_same)
     log.info("wrote digits classification set to %s", out)
     return out
+
+
+def _classification_manifest(
+    per_class_train: int, per_class_val: int, size: int, seed: int
+) -> dict[str, Any]:
+    return {"generator": "make_digits_classification", "version": FORMAT_VERSION,
+            "per_class_train": per_class_train, "per_class_val": per_class_val, "size": size,
+            "seed": seed}
+
+
+def _write_classification_split(
+    out: Path, split: str, per_class: int, pool: np.ndarray, size: int, seed: int, stream: int
+) -> None:
+    samples, targets = _sklearn_digits()
+    for digit in range(10):
+        folder = out / split / str(digit)
+        folder.mkdir(parents=True)
+        class_pool = pool[targets[pool] == digit]
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, stream, digit, i])
+            image = _background(rng, size)
+            side = int(rng.integers(size // 2, max(size // 2, size - 4) + 1))
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            _paste(image, digit_alpha(samples[int(rng.choice(class_pool))], side), x, y, rng)
+            _save_png(_finish(image, rng), folder / f"{i:05d}.png")

@@ -65,14 +65,42 @@ def pretrain_backbone(
     before_step: Callable[[int], None] | None = None,
 ) -> float:
     """Train ``backbone`` in place as a classifier on ``root``; returns val top-1 accuracy
-    (fraction). SGD with momentum, cosine schedule per iteration. ``before_step(step)`` is
-    called before each training step (0-based; a supernet samples its path there)."""
+    (fraction). SGD with momentum, cosine schedule per iteration, ``image_size`` px inputs.
+    ``before_step(step)`` is called before each training step (0-based, counted over all
+    epochs; a supernet samples its path there).
+
+    Seeded: the result depends only on the inputs and ``seed``. Two generators are drawn from
+    ``seed``: one orders the data (the DataLoader's, which also seeds any workers), the other
+    seeds torch's global RNG for the run, which draws the head's initialisation, the random
+    crops and dropout. The run happens inside ``torch.random.fork_rng``, so the caller's global
+    RNG state (CPU and CUDA) is as it was afterwards.
+    """
     device = torch.device(device)
     train_set = image_folder(root, "train", image_size, train=True)
     val_set = image_folder(root, "val", image_size, train=False)
-    model = Classifier(backbone, len(train_set.classes)).to(device)
-    g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g)
+    order_seed, global_seed = torch.randint(
+        2**62, (2,), generator=torch.Generator().manual_seed(seed)
+    ).tolist()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(global_seed)
+        model = Classifier(backbone, len(train_set.classes)).to(device)
+        g = torch.Generator().manual_seed(order_seed)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g)
+        _train(model, loader, epochs=epochs, lr=lr, device=device, before_step=before_step)
+        return accuracy(model, val_set, device=device)  # its DataLoader draws a seed too
+
+
+def _train(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    before_step: Callable[[int], None] | None,
+) -> None:
+    """The classification training loop of :func:`pretrain_backbone`."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = make_scheduler(
@@ -93,8 +121,9 @@ def pretrain_backbone(
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(labels)
-        log.info("classification epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(train_set))
-    return accuracy(model, val_set, device=device)
+        log.info(
+            "classification epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(loader.dataset)
+        )
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@
 - a checkpoint (model, optimizer, scheduler, scaler, RNG, epoch, history) written atomically after
   every epoch; a NaN/inf loss stops training naming the step and the last good checkpoint;
 - tqdm progress with ETA, TensorBoard scalars, ``logging`` per epoch;
+- an optional step hook that runs several forwards per optimizer step (the sandwich rule,
+  in-place distillation): each forward's loss is backpropagated at once, then one step is taken;
 - data-parallel under ``torchrun`` (see :mod:`nasdet.engine.distributed`): when a process group
   of more than one process is initialised, the model trains wrapped in ``DistributedDataParallel``
   on a ``DistributedSampler`` share of the data; rank 0 alone evaluates, logs and writes the
@@ -19,83 +21,43 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import SGD, AdamW, Optimizer
-from torch.optim.lr_scheduler import (
-    ConstantLR,
-    CosineAnnealingLR,
-    LinearLR,
-    LRScheduler,
-    MultiStepLR,
-    SequentialLR,
-)
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from nasdet.data import collate
 from nasdet.engine.distributed import barrier, current
-from nasdet.errors import CheckpointError, ConfigError, TrainingDiverged
+from nasdet.engine.optim import make_optimizer as make_optimizer  # re-exported
+from nasdet.engine.optim import make_scheduler as make_scheduler  # re-exported
+from nasdet.engine.optim import resolve_device as resolve_device  # re-exported
+from nasdet.errors import CheckpointError, TrainingDiverged
 from nasdet.models.io import atomic_save, read_weights
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
-
-def make_optimizer(
-    model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
-) -> Optimizer:
-    """SGD (with momentum) or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+#: ``step_hook(model, images, targets, step)``: a generator yielding one loss dict per forward.
+StepHook = Callable[
+    [nn.Module, list[Tensor], list[dict[str, Any]], int], Iterator[dict[str, Tensor]]
+]
+_END = object()
 
 
-def make_scheduler(
-    optimizer: Optimizer,
-    schedule: str,
-    *,
-    total_iters: int,
-    warmup_iters: int = 0,
-    warmup_factor: float = 0.001,
-    milestones: Sequence[int] = (),
-    gamma: float = 0.1,
-) -> LRScheduler:
-    """A per-iteration schedule: linear warm-up from ``warmup_factor * lr`` over ``warmup_iters``
-    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant."""
-    warmup = min(warmup_iters, max(total_iters - 1, 0))
-    rest = max(total_iters - warmup, 1)
-    if schedule == "cosine":
-        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
-    elif schedule == "multistep":
-        main = MultiStepLR(optimizer, [max(m - warmup, 1) for m in milestones], gamma=gamma)
-    elif schedule == "constant":
-        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
-    else:
-        raise ValueError(f"schedule must be cosine, multistep or constant, got {schedule!r}")
-    if warmup == 0:
-        return main
-    ramp = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup)
-    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available — use auto")
-    return torch.device(name)
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a ``DistributedDataParallel`` wrapper (``model`` itself when it is
+    not wrapped): call ``set_active_subnet`` and the like on it, forwards through the wrapper."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @dataclass
@@ -110,6 +72,23 @@ class Trainer:
     ``before_step`` (optional) is called with the global step index (``epoch * iterations per
     epoch + i``, from 0) before each forward, e.g. for a supernet to sample its path: a choice
     that depends only on the step is the same on every rank and after a resume.
+
+    ``step_hook`` (optional) replaces the single forward of a step with several (the sandwich
+    rule, in-place distillation): it is called as ``step_hook(model, images, targets, step)``
+    after ``before_step`` and must return an iterator (a generator) yielding one loss dict
+    (str -> scalar Tensor) per forward. ``model`` is what forwards must go through: the
+    ``DistributedDataParallel`` wrapper when distributed (so that DDP sees them), else the plain
+    module; :func:`unwrap` (or ``self.model``) gives the plain module, e.g. to call
+    ``set_active_subnet``. The Trainer resumes the generator under autocast (AMP), checks and
+    backpropagates each yielded loss (through the AMP scaler) before resuming it again, so only
+    one graph is alive at a time and gradients accumulate; after the last forward it clips and
+    steps the optimizer once. The logged loss is the sum over the forwards. ``forwards_per_step``
+    declares how many forwards the hook yields per step (checked): distributed, all but the last
+    then run under ``no_sync()`` and the gradients are all-reduced once, with the last backward
+    (DDP decides at forward time, hence a count declared ahead); left ``None``, every backward
+    all-reduces (the same gradients, more communication). Every rank must run as many forwards.
+    Randomness in the hook should come from the step index or the global RNG (checkpointed), so
+    that a resume stays exact. Without a hook a step is one ``model(images, targets)`` forward.
 
     Distributed (a process group of more than one process initialised before construction):
     ``self.model`` stays the plain module; training runs through a ``DistributedDataParallel``
@@ -139,8 +118,14 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     before_step: Callable[[int], None] | None = None
     find_unused_parameters: bool = False
+    step_hook: StepHook | None = None
+    forwards_per_step: int | None = None
 
     def __post_init__(self) -> None:
+        if self.forwards_per_step is not None and self.forwards_per_step < 1:
+            raise ValueError(f"forwards_per_step must be >= 1, got {self.forwards_per_step}")
+        if self.step_hook is None and self.forwards_per_step not in (None, 1):
+            raise ValueError("forwards_per_step > 1 needs a step_hook that runs the forwards")
         self.out_dir = Path(self.out_dir)
         self.cuda = self.device.type == "cuda"
         self.model.to(self.device)
@@ -300,14 +285,8 @@ class Trainer:
             targets = [_to_device(t, self.device) for t in targets]
             if self.before_step is not None:
                 self.before_step(epoch * iters + i)
-            with torch.autocast(self.device.type, enabled=self.cuda and self.amp):
-                losses = self.net(images, targets)
-                loss = sum(losses.values())
-            reported = self._mean_over_ranks(loss) if self.dist.distributed else loss
-            if not torch.isfinite(reported):  # distributed: all ranks stop together
-                self._diverged(reported, epoch, i, losses)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            reported = self._forward_backward(images, targets, epoch, i)
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -335,14 +314,65 @@ class Trainer:
             "images_per_s": seen / seconds if seconds > 0 else math.inf,
         }
 
+    def _forward_backward(
+        self, images: list[Tensor], targets: list[dict[str, Any]], epoch: int, i: int
+    ) -> Tensor:
+        """Run the step's forwards, backpropagating each loss as soon as it is yielded; returns
+        the sum of the forwards' losses (each the mean over processes when distributed)."""
+        step = epoch * len(self.loader) + i
+        hook = self.step_hook or _one_forward
+        expected = self.forwards_per_step or (None if self.step_hook else 1)
+        forwards = iter(hook(self.net, images, targets, step))
+        total: Tensor | None = None
+        k, too_many = 0, False
+        try:
+            while True:
+                with self._sync(k), torch.autocast(
+                    self.device.type, enabled=self.cuda and self.amp
+                ):
+                    losses = next(forwards, _END)
+                    if losses is _END:
+                        break
+                    if expected is not None and k >= expected:
+                        too_many = True
+                        break
+                    loss = sum(losses.values())
+                reported = self._mean_over_ranks(loss) if self.dist.distributed else loss
+                if not torch.isfinite(reported):  # distributed: all ranks stop together
+                    self._diverged(reported, epoch, i, losses, k if self.step_hook else None)
+                self.scaler.scale(loss).backward()
+                total = reported.detach() if total is None else total + reported.detach()
+                k += 1
+        finally:
+            getattr(forwards, "close", lambda: None)()
+        if total is None or too_many or (expected is not None and k != expected):
+            count = f"more than {k}" if too_many else str(k)
+            raise ValueError(
+                f"step_hook yielded {count} losses at step {step}; expected "
+                f"{expected if expected is not None else 'at least 1'} (forwards_per_step)"
+            )
+        return total
+
+    def _sync(self, k: int) -> AbstractContextManager[Any]:
+        """``no_sync()`` for forward ``k`` (0-based) unless it is the step's last (or the count is
+        unknown, or the model is not wrapped in DDP)."""
+        n = self.forwards_per_step
+        if isinstance(self.net, DistributedDataParallel) and n is not None and k < n - 1:
+            return self.net.no_sync()
+        return nullcontext()
+
     def _mean_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss averaged over the processes (non-finite when any process's is)."""
         mean = loss.detach().float().clone()
         dist.all_reduce(mean)
         return mean / self.dist.world_size
 
-    def _diverged(self, loss: torch.Tensor, epoch: int, i: int, losses: dict) -> None:
+    def _diverged(
+        self, loss: torch.Tensor, epoch: int, i: int, losses: dict, forward: int | None = None
+    ) -> None:
         parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        if forward is not None:
+            parts = f"step_hook forward {forward + 1}: {parts}"
         good = (
             f"{self.checkpoint_path} (after epoch {epoch})"
             if self.checkpoint_path.is_file() and epoch > 0
@@ -360,6 +390,13 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+
+def _one_forward(
+    model: nn.Module, images: list[Tensor], targets: list[dict[str, Any]], step: int
+) -> Iterator[dict[str, Tensor]]:
+    """The step of a Trainer without ``step_hook``: one forward."""
+    yield model(images, targets)
 
 
 def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:

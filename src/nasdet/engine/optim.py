@@ -1,0 +1,71 @@
+"""Optimizer, per-iteration learning-rate schedule and device of a training run.
+
+Also importable from :mod:`nasdet.engine.train`, which uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.optim import SGD, AdamW, Optimizer
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    SequentialLR,
+)
+
+from nasdet.errors import ConfigError
+
+
+def make_optimizer(
+    model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> Optimizer:
+    """SGD (with momentum) or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+
+
+def make_scheduler(
+    optimizer: Optimizer,
+    schedule: str,
+    *,
+    total_iters: int,
+    warmup_iters: int = 0,
+    warmup_factor: float = 0.001,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> LRScheduler:
+    """A per-iteration schedule: linear warm-up from ``warmup_factor * lr`` over ``warmup_iters``
+    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant."""
+    warmup = min(warmup_iters, max(total_iters - 1, 0))
+    rest = max(total_iters - warmup, 1)
+    if schedule == "cosine":
+        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
+    elif schedule == "multistep":
+        main = MultiStepLR(optimizer, [max(m - warmup, 1) for m in milestones], gamma=gamma)
+    elif schedule == "constant":
+        main = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        raise ValueError(f"schedule must be cosine, multistep or constant, got {schedule!r}")
+    if warmup == 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available — use auto")
+    return torch.device(name)
