@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nasdet.errors import WorkFailed
+from nasdet.methods.spnas.proposers import cost_checker
 from nasdet.search.driver import (
     Proposal,
     Propose,
@@ -19,7 +20,6 @@ from nasdet.search.driver import (
     run_search,
     write_step_outputs,
 )
-from nasdet.methods.spnas.proposers import cost_checker
 from nasdet.search.executors import InProcessExecutor
 from nasdet.search.records import RecordStore
 

@@ -117,8 +117,8 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
 def test_resume_after_kill_loses_and_repeats_nothing(
     digits_root: Path, cls_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from nasdet.methods.spnas import steps as spnas
     from nasdet.methods.spnas import candidate
+    from nasdet.methods.spnas import steps as spnas
 
     cfg = spnas_config(digits_root, cls_root, serial_samples=3, steps=["fine_tune", "serial"])
     run = load_run_config(_write(tmp_path, cfg))

@@ -23,11 +23,13 @@ from nasdet.data import (
     CocoDetectionDataset,
     VOCDetectionDataset,
     eval_transforms,
-    make_digits,
     split_indices,
     train_transforms,
 )
-from nasdet.engine.train import Trainer, make_optimizer, make_scheduler, resolve_device
+from nasdet.data import (
+    ensure_digits as data_ensure_digits,
+)
+from nasdet.engine.train import StepHook, Trainer, make_optimizer, make_scheduler, resolve_device
 from nasdet.errors import CheckpointError, DataError
 from nasdet.models import detectors
 from nasdet.models.backbone import ExtraLevelsBackbone
@@ -151,13 +153,7 @@ def build_datasets(cfg: DataConfig, *, seed: int = 0) -> Datasets:
 
 def ensure_digits(cfg: DigitsData) -> Path:
     """The bundled digits set at ``cfg.root``, generated there first if it is missing."""
-    root = Path(cfg.root)
-    ann = root / "annotations"
-    if (ann / "instances_train.json").is_file() and (ann / "instances_val.json").is_file():
-        return root
-    log.info("generating the bundled digits set in %s (train %d, val %d)", root, cfg.train, cfg.val)
-    make_digits(root, train=cfg.train, val=cfg.val, size=cfg.size, seed=cfg.seed)
-    return root
+    return data_ensure_digits(cfg.root, train=cfg.train, val=cfg.val, size=cfg.size, seed=cfg.seed)
 
 
 def num_classes(cfg: DataConfig) -> int:
@@ -187,6 +183,8 @@ def make_trainer(
     tensorboard: bool | None = None,
     fingerprint: str = "",
     before_step: Callable[[int], None] | None = None,
+    step_hook: StepHook | None = None,
+    forwards_per_step: int | None = None,
     find_unused_parameters: bool = False,
 ) -> Trainer:
     """A :class:`~nasdet.engine.train.Trainer` with the optimizer and per-iteration schedule of
@@ -231,6 +229,8 @@ def make_trainer(
         tensorboard=t.tensorboard if tensorboard is None else tensorboard,
         fingerprint=fingerprint,
         before_step=before_step,
+        step_hook=step_hook,
+        forwards_per_step=forwards_per_step,
         find_unused_parameters=find_unused_parameters,
     )
 

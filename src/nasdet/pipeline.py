@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from nasdet.atomic import copy_atomic, write_json_atomic, write_text_atomic
 from nasdet.config import parse_config
 from nasdet.engine.distributed import current
 from nasdet.errors import ConfigError
@@ -29,7 +30,6 @@ from nasdet.method import Method, MethodResult
 from nasdet.methods import method_of
 from nasdet.report import write_report
 from nasdet.search.records import Record, RecordStore
-from nasdet.training import write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def check_resume(method: Method, cfg: Any, out: Path, restart_from: str | None) 
     if restart_from is not None and current().is_main:
         _remove_steps(out, method.config.STEPS[method.config.STEPS.index(restart_from) :])
     if current().is_main:
-        _write_text(path, yaml.safe_dump(new, sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(new, sort_keys=False))
 
 
 def _stored_config(method: Method, path: Path) -> dict[str, Any]:
@@ -157,14 +157,12 @@ def _finish(out: Path, result: MethodResult, report: Path) -> RunResult:
     if final is None or source is None:
         raise ValueError("the method named a winner without a model file")
     model = out / "model.pt"
-    tmp = out / ".model.pt.tmp"
-    shutil.copyfile(source, tmp)
-    tmp.replace(model)
+    copy_atomic(source, model)
     summary = None
     if result.baseline is not None:
         b = result.baseline
         summary = {"genotype": b.genotype, "metrics": b.metrics, "cost": b.cost}
-    write_json(
+    write_json_atomic(
         out / "result.json",
         {
             "winner": final.genotype,
@@ -181,8 +179,3 @@ def _finish(out: Path, result: MethodResult, report: Path) -> RunResult:
     )
     return RunResult(out, final, report, model)
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -11,11 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
+from nasdet.atomic import write_json_atomic
 from nasdet.build import build_datasets, build_detector, make_trainer
 from nasdet.config import Config
 from nasdet.cost import count_params
@@ -87,15 +87,9 @@ def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> Tra
         cat_ids=data.cat_ids,
         meta={"metrics": metrics, "params": params, "epochs": cfg.train.epochs},
     )
-    write_json(out_dir / "history.json", history)
-    write_json(
+    write_json_atomic(out_dir / "history.json", history)
+    write_json_atomic(
         out_dir / "metrics.json",
         {"metrics": metrics, "params": params, "train_seconds": seconds, "model": str(model_path)},
     )
     return TrainResult(out_dir, model_path, metrics, params, seconds)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)

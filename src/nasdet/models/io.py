@@ -8,8 +8,6 @@ with ``torch.load(weights_only=True)``: only files the user names, never pickled
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasdet.atomic import open_atomic
 from nasdet.errors import CheckpointError
 
 MODEL_FORMAT = "nasdet.model"
@@ -26,19 +25,9 @@ _PREFIXES = ("module.", "features.", "backbone.body.", "body.")
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename over it (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with open_atomic(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:

@@ -8,8 +8,6 @@ HTML-escaped.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from nasdet.atomic import write_text_atomic
 from nasdet.report import plots
 from nasdet.report._format import (
     CSS,
@@ -379,19 +378,8 @@ def write_report(
         + "\n</body></html>\n"
     )
     path = Path(out_dir) / REPORT_FILENAME
-    _write_atomic(path, page)
+    write_text_atomic(path, page)
     logger.info("wrote the report of %d step(s) to %s", len(steps), path)
     return path
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -46,6 +46,8 @@ from nasdet.search.pareto import Objective, pareto_records, write_pareto_csv
 from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
+# what an evaluate function may return besides metrics, cost and weights_path, kept in extra
+RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds")
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def run_search(
                 res["metrics"],
                 weights_path=res["weights_path"],
                 cost=res.get("cost"),
-                extra={k: res[k] for k in ("inherited", "new", "train_seconds") if k in res},
+                extra={k: res[k] for k in RESULT_EXTRAS if k in res},
             )
             log.info(
                 "%s #%d %s done: mAP %.4f, params %s",

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import moocore
 import numpy as np
 
+from nasdet.atomic import open_atomic
 from nasdet.search.records import Record
 
 __all__ = [
@@ -252,26 +251,15 @@ def write_pareto_csv(
     if path.is_dir():
         path = path / PARETO_FILENAME
     front = pareto_records(records, objectives)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["id", "step", "genotype", "parent_id", *(o.key for o in objectives)]
-                + ["weights_path"]
-            )
-            for rec in front:
-                values = rec.values()
-                row = [rec.id, rec.step, rec.genotype, rec.parent_id]
-                row += [values[o.key] for o in objectives] + [rec.weights_path]
-                writer.writerow(["" if v is None else v for v in row])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["id", "step", "genotype", "parent_id", *(o.key for o in objectives)] + ["weights_path"]
+        )
+        for rec in front:
+            values = rec.values()
+            row = [rec.id, rec.step, rec.genotype, rec.parent_id]
+            row += [values[o.key] for o in objectives] + [rec.weights_path]
+            writer.writerow(["" if v is None else v for v in row])
     logger.info("wrote %d Pareto record(s) of %d to %s", len(front), len(records), path)
     return front

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from nasdet.build import build_backbone, build_datasets, build_detector, make_trainer, num_classes
+from nasdet.data import ensure_digits_classification
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.classify import pretrain_backbone
 from nasdet.engine.distributed import current as dist_current
@@ -119,12 +120,8 @@ def supernet_pretrain(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Pa
 def _classification_root(cfg: DetNASRunConfig, root: Path | None, out: Path) -> Path:
     if root is not None:
         return root
-    from nasdet.data import make_digits_classification
-
     root = out / "data" / "digits_cls"
-    if not (root / "train").is_dir():
-        make_digits_classification(root, seed=cfg.seed)
-    return root
+    return ensure_digits_classification(root, seed=cfg.seed)
 
 
 def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:

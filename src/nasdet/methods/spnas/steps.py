@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nasdet.build import build_detector, num_classes
-from nasdet.data import make_digits_classification
+from nasdet.data import ensure_digits_classification
 from nasdet.engine.classify import pretrain_backbone
 from nasdet.engine.train import resolve_device
-from nasdet.errors import ConfigError, NasdetError
+from nasdet.errors import ConfigError, WorkFailed
 from nasdet.method import MethodResult
 from nasdet.methods.spnas.candidate import evaluate_candidate, load_model
 from nasdet.methods.spnas.config import DETECTORS, Model, SpNasRunConfig, Step, substitute
@@ -235,8 +235,7 @@ def _classification_root(cfg: SpNasRunConfig, out: Path) -> Path:
     root = cfg.search.classification_data
     if root is None:
         root = out / "data" / "digits_cls"
-        if not (root / "train").is_dir():
-            make_digits_classification(root, seed=cfg.seed)
+        ensure_digits_classification(root, seed=cfg.seed)
     return root
 
 
@@ -317,11 +316,15 @@ def _run_single(
     """Evaluate one candidate of a train step through the executor and commit it."""
     rec = found or store.add(step, genotype, parent_id=parent_id, extra={"payload": payload})
     store.reset_running(step)
+    store.reset_failed(step)  # a failed try is tried again
     store.claim(rec.id)
     outcome = next(ex.run(evaluate_candidate, [Task(rec.id, {**payload, "out": str(out_file)})]))
     if not outcome.ok:
-        store.fail(rec.id, outcome.error or "failed")
-        raise NasdetError(f"{step} failed: {outcome.error}")
+        store.fail(rec.id, outcome.error or "failed", traceback=outcome.traceback)
+        raise WorkFailed(
+            f"{step}: #{rec.id} {genotype} failed: {outcome.error} — the traceback is in the run "
+            f"log and in {store.path} (record {rec.id}); rerun the same command to try again"
+        )
     res = outcome.result
     return store.finish(rec.id, res["metrics"], weights_path=res["weights_path"], cost=res["cost"])
 
