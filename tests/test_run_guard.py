@@ -167,3 +167,26 @@ def test_cli_exit_codes_version_and_log(
     assert "rerun the same command to resume" in err and "--resume" not in err
     ours = [h for h in logging.getLogger().handlers if str(out) in getattr(h, "baseFilename", "")]
     assert not ours  # main() removes its log file handler
+
+
+def test_the_primary_metric_is_the_configs_not_map(digits_root: Path, tmp_path: Path) -> None:
+    """No step assumes mAP: the winner is chosen by the first maximised objective."""
+    from nasdet.methods.spnas.steps import _best, _objectives
+    from nasdet.search.records import Record
+
+    raw = _spnas(digits_root)
+    raw["serial"]["search_algorithm"]["objective_keys"] = ["params", "AP50"]
+    cfg = _load(tmp_path, raw)
+    assert cfg.primary_metric == "AP50" and _objectives(cfg) == ["params", "AP50"]
+
+    def rec(i: int, ap50: float, m_ap: float) -> Record:
+        return Record(i, "serial", f"g{i}", None, "done", {"AP50": ap50, "mAP": m_ap}, {}, None,
+                      None, 0.0, None, None, None, {})
+
+    assert _best([rec(1, 0.9, 0.1), rec(2, 0.5, 0.6)], cfg.primary_metric).id == 1
+    det = {
+        "method": "detnas",
+        "model": {"backbone": {"name": "shufflenet_supernet", "width_mult": 0.25}},
+        "evolution_search": {"objective_keys": ["+AR100", "backbone_flops"]},
+    }
+    assert _load(tmp_path, det, "det.yaml").primary_metric == "AR100"

@@ -42,7 +42,7 @@ from typing import Any
 from nasdet.atomic import write_json_atomic
 from nasdet.errors import WorkFailed
 from nasdet.search.executors import Executor, Outcome, Task
-from nasdet.search.pareto import Objective, pareto_records, write_pareto_csv
+from nasdet.search.pareto import Objective, pareto_records, parse_objectives, write_pareto_csv
 from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def run_search(
             and the step outputs written); a rerun evaluates the failed ones again.
     """
     step_dir.mkdir(parents=True, exist_ok=True)
+    shown = parse_objectives([str(o) for o in objectives])  # what the log line of a result shows
     clean_leftovers(step_dir)
     revived = store.reset_running(step)
     if revived:
@@ -140,12 +141,11 @@ def run_search(
                 extra={k: res[k] for k in RESULT_EXTRAS if k in res},
             )
             log.info(
-                "%s #%d %s done: mAP %.4f, params %s",
+                "%s #%d %s done: %s",
                 step,
                 rec.id,
                 rec.genotype,
-                rec.metrics.get("mAP", float("nan")),
-                f"{rec.cost.get('params', 0):,.0f}",
+                ", ".join(f"{o.key} {rec.values().get(o.key, float('nan')):,.4g}" for o in shown),
             )
         else:
             record_failure(store, step, outcome)

@@ -210,7 +210,7 @@ def evolution(
         crossover_prob=step.crossover_prob,
         max_epochs=step.max_epochs,
         max_tries=step.max_tries,
-        score_key=step.objective_keys[0],
+        score_key=cfg.primary_metric,
     )
     records = evolution_search(
         store,
@@ -269,8 +269,9 @@ def _export_front(
         )
     best = records[0]
     (step_dir / "best_subnet.yaml").write_text(ShuffleNetCode.parse(best.genotype).to_yaml())
-    log.info("evolution_search: best %s (mAP %.4f) -> %s", best.genotype,
-             best.metrics.get("mAP", float("nan")), step_dir / f"subnet_{best.id}.pth")  # fmt: skip
+    key = cfg.primary_metric
+    log.info("evolution_search: best %s (%s %.4f) -> %s", best.genotype, key,
+             best.metrics.get(key, float("nan")), step_dir / f"subnet_{best.id}.pth")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- steps 4-5
@@ -343,7 +344,10 @@ def _train_subnet(
     store.claim(rec.id)
     result = train_step(train_cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file())
     cost = candidate_cost(load_model(result.model_path), cfg.model.min_size)
-    log.info("subnet_train %s %s: val mAP %.4f", role, code, result.metrics["mAP"])
+    key = cfg.primary_metric
+    log.info(
+        "subnet_train %s %s: val %s %.4f", role, code, key, result.metrics.get(key, float("nan"))
+    )
     return store.finish(rec.id, result.metrics, weights_path=str(result.model_path), cost=cost)
 
 
@@ -362,7 +366,7 @@ def run(cfg: DetNASRunConfig, out: Path) -> MethodResult:
     final: Record | None = None
     baseline: Record | None = None
     model: Path | None = None
-    key = _score_key(cfg)
+    key = cfg.primary_metric
     supernet_path = out / "output" / "supernet_train" / "supernet.pth"
     with ex:
         for name in cfg.steps:
@@ -399,8 +403,3 @@ def run(cfg: DetNASRunConfig, out: Path) -> MethodResult:
         objectives=objectives,
         model=model,
     )
-
-
-def _score_key(cfg: DetNASRunConfig) -> str:
-    """The run's primary metric: the first objective of the evolution search."""
-    return cfg.evolution_search.objective_keys[0] if cfg.evolution_search else "mAP"
