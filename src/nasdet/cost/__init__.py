@@ -1,7 +1,9 @@
-"""Cost model: parameters, FLOPs/MACs, PyTorch and onnxruntime latency of models and detectors.
+"""Cost model: parameters, FLOPs/MACs, PyTorch and onnxruntime latency and training memory of
+models and detectors.
 
 Units: ``flops`` count 2 per multiply-accumulate (``torch.utils.flop_counter``), ``macs`` = flops
-// 2 (torchvision's ``meta["_ops"]`` "GFLOPS" are GMACs), latencies are in ms per forward call.
+// 2 (torchvision's ``meta["_ops"]`` "GFLOPS" are GMACs), latencies are in ms per forward call,
+training memory in bytes (``TrainingMemory.mib``: MiB, 2**20 bytes).
 
 ``onnx``/``onnxruntime`` are imported only when :func:`export_onnx` or :func:`onnx_latency` run.
 """
@@ -9,6 +11,7 @@ Units: ``flops`` count 2 per multiply-accumulate (``torch.utils.flop_counter``),
 from nasdet.cost.detector import DetectorCost, backbone_body, detector_cost, is_detector
 from nasdet.cost.flops import FlopCount, count_flops
 from nasdet.cost.latency import Latency, measure_latency
+from nasdet.cost.memory import TrainingMemory, training_memory
 from nasdet.cost.onnx_runtime import OnnxMismatchError, export_onnx, onnx_latency
 from nasdet.cost.params import count_params
 from nasdet.cost.report import cost_report, format_input_size, parse_input_size, torchvision_model
@@ -18,6 +21,7 @@ __all__ = [
     "FlopCount",
     "Latency",
     "OnnxMismatchError",
+    "TrainingMemory",
     "backbone_body",
     "cost_report",
     "count_flops",
@@ -30,4 +34,5 @@ __all__ = [
     "onnx_latency",
     "parse_input_size",
     "torchvision_model",
+    "training_memory",
 ]
