@@ -11,12 +11,14 @@ training memory in bytes (``TrainingMemory.mib``: MiB, 2**20 bytes).
 from nasdet.cost.detector import DetectorCost, backbone_body, detector_cost, is_detector
 from nasdet.cost.flops import FlopCount, count_flops
 from nasdet.cost.latency import Latency, measure_latency
+from nasdet.cost.measure import COST_KEYS, measure_cost
 from nasdet.cost.memory import TrainingMemory, training_memory
 from nasdet.cost.onnx_runtime import OnnxMismatchError, export_onnx, onnx_latency
 from nasdet.cost.params import count_params
 from nasdet.cost.report import cost_report, format_input_size, parse_input_size, torchvision_model
 
 __all__ = [
+    "COST_KEYS",
     "DetectorCost",
     "FlopCount",
     "Latency",
@@ -30,6 +32,7 @@ __all__ = [
     "export_onnx",
     "format_input_size",
     "is_detector",
+    "measure_cost",
     "measure_latency",
     "onnx_latency",
     "parse_input_size",
