@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["COST_KEYS", "measure_cost"]
 
-# every key measure_cost can return, in the order the constraints check them
+# every key measure_cost can return (the limited ones: see nasdet.search.constraints)
 COST_KEYS = (
     "params",
     "flops",
