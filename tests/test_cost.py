@@ -13,11 +13,12 @@ import onnx
 import pytest
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS
+from torchvision.models.detection import FCOS, fcos_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from nasdet.cost import (
+    COST_KEYS,
     FlopCount,
     Latency,
     OnnxMismatchError,
@@ -27,11 +28,13 @@ from nasdet.cost import (
     detector_cost,
     export_onnx,
     format_input_size,
+    measure_cost,
     measure_latency,
     onnx_latency,
     onnx_runtime,
     parse_input_size,
     torchvision_model,
+    training_memory,
 )
 from nasdet.errors import ConfigError
 
@@ -238,3 +241,37 @@ def test_cost_report_detector_latency_and_onnx_backbone() -> None:
 def test_cost_report_detector_needs_rgb() -> None:
     with pytest.raises(ConfigError, match="3-channel"):
         cost_report(tiny_fcos(), (1, 48, 40))
+
+
+DETECTOR_KEYS = {"params", "flops", "macs", "backbone_params", "backbone_flops", "backbone_macs"}
+
+
+def test_measure_cost_torchvision_fcos_keys_and_backbone_share() -> None:
+    model = fcos_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64
+    )
+    cost = measure_cost(model, 64)
+    assert set(cost) == DETECTOR_KEYS and set(cost) <= set(COST_KEYS)
+    assert all(isinstance(v, float) for v in cost.values())
+    assert cost["params"] == count_params(model)
+    assert cost["backbone_params"] == count_params(model.backbone.body)
+    assert 0 < cost["backbone_flops"] < cost["flops"] and cost["flops"] == 2 * cost["macs"]
+    # ResNet-50 body at 64x64: torchvision's 4.089 GMACs at 224x224, less the classifier's
+    # 2048*1000 MACs, scaled by (64/224)**2
+    body_macs = (4.089e9 - 2048 * 1000) * (64 / 224) ** 2
+    assert cost["backbone_macs"] == pytest.approx(body_macs, rel=0.01)
+
+
+def test_measure_cost_latency_and_memory_on_request() -> None:
+    model = tiny_fcos()
+    cost = measure_cost(
+        model, 48, latency=True, backbone_latency=True, memory_batch=2, threads=1, min_run_time=FAST
+    )
+    assert set(cost) == DETECTOR_KEYS | {
+        "latency_ms", "backbone_latency_ms", "memory_mb", "memory_measured"
+    }  # fmt: skip
+    assert cost["latency_ms"] > cost["backbone_latency_ms"] > 0
+    memory = training_memory(model, 48, batch_size=2)
+    assert cost["memory_mb"] == memory.mib and cost["memory_measured"] == 0.0
+    assert cost == {**cost, **measure_cost(model, 48)}  # the same counts with or without extras
+    assert model.training
