@@ -1,10 +1,19 @@
-"""Assemble docs/benchmarks.md from the fragments the benchmark scripts write.
+"""Assemble docs/benchmarks.md from the fragments the benchmark scripts write and the notes
+written by hand.
 
 python benchmarks/collect.py
+
+Each section is ``docs/benchmarks/<name>.md``, the fragment its benchmark script regenerates on
+every ``make bench`` (``demo.md`` is the exception: no script writes it), followed by
+``docs/benchmarks/<name>.notes.md`` when that file exists. Notes are hand-written (the reading
+of the numbers, reruns, caveats); no script writes them, so ``make bench`` keeps them. Write
+prose there, never in a generated fragment: the next ``make bench`` would erase it. A leading
+``<!-- ... -->`` comment of a notes file (its header) is left out of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -19,17 +28,34 @@ SECTIONS = [
 HEADER = """# Benchmarks
 
 Every table below was produced by the command under it, on the machine it names; `make bench`
-reruns them all (tens of minutes on 2 cores). Targets are stated with each table. Nothing here is
-a unit test: speed and quality targets are measured here, not asserted in `tests/`.
+reruns them all but the `make demo` timing (about 2.5 hours on 2 cores). Targets are stated with
+each table. Nothing here is a unit test: speed and quality targets are measured here, not
+asserted in `tests/`. The text after each section's Command/Machine lines is a hand-written
+reading of the numbers (`docs/benchmarks/<name>.notes.md`), kept when the numbers are remeasured.
 """
+_HEADER_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.DOTALL)
+
+
+def notes_path(fragment: Path) -> Path:
+    """The hand-written notes beside a fragment: ``<name>.notes.md`` for ``<name>.md``."""
+    return fragment.with_name(f"{fragment.stem}.notes.md")
+
+
+def section(title: str, fragment: Path) -> str:
+    """One section: the generated fragment, then its notes when present."""
+    body = fragment.read_text().strip() if fragment.is_file() else "_Not measured yet._"
+    notes = notes_path(fragment)
+    if notes.is_file():
+        text = _HEADER_COMMENT.sub("", notes.read_text()).strip()
+        if text:
+            body = f"{body}\n\n{text}"
+    return f"## {title}\n\n{body}\n"
 
 
 def main() -> None:
     parts = [HEADER]
     for title, name in SECTIONS:
-        path = DOCS / "benchmarks" / name
-        body = path.read_text().strip() if path.is_file() else "_Not measured yet._"
-        parts.append(f"## {title}\n\n{body}\n")
+        parts.append(section(title, DOCS / "benchmarks" / name))
     (DOCS / "benchmarks.md").write_text("\n".join(parts))
     print(f"wrote {DOCS / 'benchmarks.md'}")
 
