@@ -1,6 +1,6 @@
 """Baseline detectors on the bundled digits: mAP, AP50, params, FLOPs, training minutes.
 
-Trains each config with `nasdet train` semantics (``nasdet.pipeline.train_step``), measures its
+Trains each config with `nasdet train` semantics (``nasdet.training.train_step``), measures its
 cost with ``nasdet.cost.detector_cost`` at the config's input size, and keeps one row per config
 in ``--results`` (JSON) so configs can be run one at a time; the table is rebuilt from all rows.
 Target: the small baseline (configs/baseline_digits.yaml, 12 epochs) reaches mAP >= 0.40 on the

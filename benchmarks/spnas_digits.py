@@ -19,11 +19,11 @@ from pathlib import Path
 from _common import machine_line, write_fragment
 
 import nasdet
+from nasdet.cost import measure_cost
 from nasdet.methods import TrainConfig, load_run_config
 from nasdet.methods.spnas.steps import base_config, start_architecture
 from nasdet.pipeline import run_pipeline
 from nasdet.report import lineage
-from nasdet.search.costs import candidate_cost
 from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
 from nasdet.training import train_step
@@ -75,7 +75,7 @@ def main() -> None:
     baseline_minutes = (time.perf_counter() - start) / 60
 
     won, ws = result.final, baseline
-    ws_cost = candidate_cost(nasdet.load_model(ws.model_path), cfg.model.min_size)
+    ws_cost = measure_cost(nasdet.load_model(ws.model_path), cfg.model.min_size)
     dominates = (
         won.metrics["mAP"] >= ws.metrics["mAP"]
         and won.cost["params"] <= ws.params

@@ -123,12 +123,18 @@ def test_ignored_seed_keys_are_named(digits_root: Path, tmp_path: Path) -> None:
     raw["serial"]["search_space"]["hyperparameters"][0]["range"].append("111-2111-211111-211")
     raw["serial"]["trainer"] = {"callbacks": "SomethingElse"}
     raw["serial"]["model"] = {"pretrained_model_file": "{local_base_path}/x.pth"}
+    raw["fully_train"]["model"] = {"model_desc": {"freeze_swap_keys": True}}
     keys = dict(_load(tmp_path, raw).ignored_keys())
     assert set(keys) == {
+        "model.backbone.width_mult",  # tiny_config's resnet18 x0.25: SP-NAS starts from serial
         "serial.search_space.hyperparameters[network.backbone.code].range[1:]",
         "serial.trainer.callbacks",
         "serial.model.pretrained_model_file",
+        "fully_train.model.model_desc.freeze_swap_keys",
     }
+    raw = _spnas(digits_root)
+    del raw["model"]["backbone"]
+    assert _load(tmp_path, raw).ignored_keys() == []  # a plain run config warns of nothing
 
 
 def test_cli_exit_codes_version_and_log(

@@ -30,7 +30,7 @@ from nasdet.data import (
     ensure_digits as data_ensure_digits,
 )
 from nasdet.engine.train import StepHook, Trainer, make_optimizer, make_scheduler, resolve_device
-from nasdet.errors import CheckpointError, DataError
+from nasdet.errors import CheckpointError, ConfigError, DataError
 from nasdet.models import detectors
 from nasdet.models.backbone import ExtraLevelsBackbone
 from nasdet.models.io import load_backbone_weights, load_state_dict_checked, read_model_file
@@ -44,7 +44,10 @@ DEFAULT_EXTRA_LEVELS = {"fasterrcnn": "pool", "retinanet": "none", "fcos": "none
 
 def build_backbone(cfg: BackboneSpec, *, load_weights: bool = True) -> nn.Module:
     """The backbone ``cfg`` names (levels ``c<l>``), with the weights the user names."""
-    body = cfg.build()
+    try:
+        body = cfg.build()
+    except ValueError as e:  # a structure the builder refuses: the key is the section's
+        raise ConfigError(f"model.backbone ({cfg.name}): {e}") from None
     if load_weights and cfg.weights is not None:
         load_backbone_weights(body, cfg.weights)
     return body
@@ -70,7 +73,10 @@ def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = T
             **common,
         )
     extra = cfg.extra_levels or DEFAULT_EXTRA_LEVELS[cfg.detector]
-    backbone = cfg.neck.build(body, cfg.fpn_channels, extra)
+    try:
+        backbone = cfg.neck.build(body, cfg.fpn_channels, extra)
+    except ValueError as e:
+        raise ConfigError(f"model.neck ({cfg.neck.name}): {e}") from None
     anchor_base = cfg.anchor_base or DEFAULT_ANCHOR_BASE[cfg.detector]
     sizes = dict(min_size=cfg.min_size, max_size=cfg.max_size, anchor_base=anchor_base)
     if cfg.detector == "fasterrcnn":

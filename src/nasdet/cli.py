@@ -297,13 +297,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
         raw = read_yaml(args.config)
         if "method" in raw or any(k not in TrainConfig.model_fields for k in raw):
-            cfg = load_run_config(args.config)  # a run config: its model section
+            cfg = load_run_config(args.config)  # a run config: the model its method starts from
+            arch = cfg.cost_model()
         else:
             from nasdet.config import load_config
 
             cfg = load_config(args.config, TrainConfig)
-        model = build_detector(cfg.model, num_classes(cfg.data), load_weights=False)
-        default = f"3x{cfg.model.min_size}x{cfg.model.min_size}"
+            arch = cfg.model
+        model = build_detector(arch, num_classes(cfg.data), load_weights=False)
+        default = f"3x{arch.min_size}x{arch.min_size}"
     elif args.model.startswith("torchvision:"):
         model, default = torchvision_model(args.model.split(":", 1)[1]), "3x224x224"
     else:

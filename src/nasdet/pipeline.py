@@ -29,6 +29,7 @@ from nasdet.errors import ConfigError
 from nasdet.method import Method, MethodResult
 from nasdet.methods import method_of
 from nasdet.report import write_report
+from nasdet.search.pareto import primary_metric
 from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,14 @@ def run_pipeline(cfg: Any, out_dir: str | Path, *, restart_from: str | None = No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     method = method_of(cfg)
+    if current().world_size > 1 and not set(cfg.steps) <= set(method.torchrun_steps):
+        if not method.torchrun_steps:
+            raise ConfigError(f"{method.name} has no step that runs under torchrun (DDP)")
+        allowed = ",".join(method.torchrun_steps)
+        raise ConfigError(
+            f"under torchrun only {allowed} runs (DDP): pass --steps {allowed}, then run the "
+            "other steps without torchrun"
+        )
     check_resume(method, cfg, out, restart_from)
     result = method.run(cfg, out)
     if result.final is None or not current().is_main:
@@ -171,7 +180,7 @@ def _finish(out: Path, result: MethodResult, report: Path) -> RunResult:
             "cost": final.cost,
             "model": str(model),
             "trained_in": str(source),
-            "primary_metric": result.objectives[0],
+            "primary_metric": primary_metric(result.objectives),
             "baseline": summary,
             "baseline_note": result.baseline_note,
             "report": str(report),

@@ -18,32 +18,11 @@ from nasdet.config import (
     spec_union,
 )
 from nasdet.methods.detnas.parts import ShuffleNetNASSpec, ShuffleNetSupernetSpec
+from nasdet.search.constraints import Constraints
 from nasdet.search.executors import ExecutorSettings
 from nasdet.search.pareto import check_objectives, primary_metric
 
 DETNAS_STEPS = ("supernet_pretrain", "supernet_train", "evolution_search", "subnet_train")
-
-
-class Limits(Strict):
-    """Resource limits of one part of the model (at ``constraints.input_size``)."""
-
-    max_params: int | None = Field(None, ge=1)
-    max_flops: float | None = Field(None, gt=0, description="FLOPs (2 per multiply-add)")
-    max_latency_ms: float | None = Field(None, gt=0, description="median latency, batch 1, CPU")
-
-    @property
-    def given(self) -> bool:
-        return any(v is not None for v in (self.max_params, self.max_flops, self.max_latency_ms))
-
-
-class DetNASConstraints(Strict):
-    input_size: int | None = Field(
-        None,
-        ge=16,
-        description="square input size the FLOPs/latency limits refer to (default: model.min_size)",
-    )
-    backbone: Limits = Field(default_factory=Limits)
-    detector: Limits = Field(default_factory=Limits)
 
 
 class SupernetPretrain(Strict):
@@ -81,7 +60,9 @@ class EvolutionSearch(ExecutorSettings):
         "train: BN uses batch statistics while scoring (MMRazor); none: the supernet's",
     )
     calibrate_samples: int = Field(256, ge=1)
-    constraints: DetNASConstraints = Field(default_factory=DetNASConstraints)
+    constraints: Constraints = Field(
+        default_factory=Constraints, description="limits on each candidate (search.constraints)"
+    )
     objective_keys: list[str] = Field(
         ["mAP", "backbone_flops"], description="the Pareto front reported (score: the first)"
     )

@@ -19,13 +19,12 @@ from torch import nn
 
 from nasdet import build
 from nasdet.build import build_datasets, build_detector
-from nasdet.cost import measure_latency
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
-from nasdet.methods.detnas.config import Limits, Model, TrainConfig
+from nasdet.methods.detnas.config import Model, TrainConfig
 from nasdet.methods.detnas.space import ShuffleNetCode
-from nasdet.search.costs import candidate_cost
+from nasdet.search.constraints import Constraints, cost_for
 from nasdet.search.supernet import supernet_spec
 
 
@@ -88,13 +87,16 @@ def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class SubnetCost:
-    """Params/FLOPs (and latency when a limit needs it) of a subnet, backbone and detector."""
+    """The cost dict of a subnet's standalone detector: params and FLOPs of the detector and its
+    backbone, plus what the constraints need measured (latency, training memory); cached per
+    genotype. ``input_size``/``batch_size``: the run's defaults when the constraints set none."""
 
     supernet: Model
     num_classes: int
+    constraints: Constraints
     input_size: int
-    backbone_latency: bool = False
-    detector_latency: bool = False
+    batch_size: int
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         self._cache: dict[str, dict[str, float]] = {}
@@ -104,41 +106,11 @@ class SubnetCost:
         if key not in self._cache:
             arch = subnet_architecture(self.supernet, code)
             model = build_detector(arch, self.num_classes, load_weights=False).eval()
-            cost = candidate_cost(model, self.input_size, latency=self.detector_latency)
-            if self.backbone_latency:
-                image = torch.rand(1, 3, self.input_size, self.input_size)
-                cost["backbone_latency_ms"] = measure_latency(
-                    model.backbone.body, image, min_run_time=0.3
-                ).median_ms
-            self._cache[key] = cost
+            self._cache[key] = cost_for(
+                model,
+                self.constraints,
+                input_size=self.input_size,
+                batch_size=self.batch_size,
+                optimizer=self.optimizer,  # type: ignore[arg-type]
+            )
         return self._cache[key]
-
-
-def check_limits(backbone: Limits, detector: Limits) -> Any:
-    """A ``check_cost`` for :func:`evolution_search`: the first broken limit, or None."""
-    checks = [
-        ("backbone_params", backbone.max_params),
-        ("backbone_flops", backbone.max_flops),
-        ("backbone_latency_ms", backbone.max_latency_ms),
-        ("params", detector.max_params),
-        ("flops", detector.max_flops),
-        ("latency_ms", detector.max_latency_ms),
-    ]
-
-    def check(cost: dict[str, float]) -> str | None:
-        for key, limit in checks:
-            if limit is not None and cost.get(key, 0.0) > limit:
-                return f"{key} {cost[key]:,.4g} > {limit:,.4g}"
-        return None
-
-    return check
-
-
-def limits_text(backbone: Limits, detector: Limits) -> str:
-    parts = []
-    for where, lim in (("backbone_", backbone), ("", detector)):
-        for key, value in (("params", lim.max_params), ("flops", lim.max_flops),
-                           ("latency_ms", lim.max_latency_ms)):  # fmt: skip
-            if value is not None:
-                parts.append(f"{where}{key} <= {value:,.4g}")
-    return ", ".join(parts)

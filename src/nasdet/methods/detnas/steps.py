@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from nasdet.build import build_backbone, build_datasets, build_detector, make_trainer, num_classes
+from nasdet.cost import measure_cost
 from nasdet.data import ensure_digits_classification
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.classify import pretrain_backbone
@@ -39,8 +40,6 @@ from nasdet.method import MethodResult
 from nasdet.methods.detnas.config import DetNASRunConfig, TrainConfig
 from nasdet.methods.detnas.scoring import (
     SubnetCost,
-    check_limits,
-    limits_text,
     load_model,
     load_supernet,
     score_subnet,
@@ -48,7 +47,7 @@ from nasdet.methods.detnas.scoring import (
 )
 from nasdet.methods.detnas.space import ShuffleNetCode, ShuffleNetSpace, handcrafted
 from nasdet.models.io import atomic_save, read_weights, save_model
-from nasdet.search.costs import candidate_cost
+from nasdet.search.constraints import checker, describe
 from nasdet.search.evolution import EvolutionSettings, InfeasibleConstraints, evolution_search
 from nasdet.search.executors import Executor, make_executor
 from nasdet.search.pareto import pareto_records, write_pareto_csv
@@ -181,11 +180,12 @@ def evolution(
     cost = SubnetCost(
         cfg.model,
         num_classes(cfg.data),
-        size,
-        backbone_latency=c.backbone.max_latency_ms is not None,
-        detector_latency=c.detector.max_latency_ms is not None,
+        c,
+        input_size=size,
+        batch_size=cfg.train.batch_size,
+        optimizer=cfg.train.optimizer,
     )
-    check = check_limits(c.backbone, c.detector)
+    check = checker(c)
     space = ShuffleNetSpace(depths=tuple(cfg.model.backbone.depths or handcrafted().depths))
     cheapest = handcrafted(space.depths)
     reason = check(cost(cheapest))
@@ -223,7 +223,7 @@ def evolution(
         executor=ex,
         settings=settings,
         seed=cfg.seed,
-        constraints_text=limits_text(c.backbone, c.detector),
+        constraints_text=describe(c),
     )
     if not records:
         raise ConfigError("evolution_search: no candidate could be scored — see the log")
@@ -321,7 +321,9 @@ def _train_subnet(
             body = build_backbone(arch.backbone, load_weights=False)
             acc = pretrain_backbone(
                 body,
-                _classification_root(cfg, None, out),
+                _classification_root(
+                    cfg, cfg.supernet_pretrain and cfg.supernet_pretrain.data, out
+                ),
                 epochs=step.pretrain_epochs,
                 device=resolve_device(cfg.train.device),
                 seed=cfg.seed,
@@ -343,7 +345,7 @@ def _train_subnet(
     store.reset_running("subnet_train")
     store.claim(rec.id)
     result = train_step(train_cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file())
-    cost = candidate_cost(load_model(result.model_path), cfg.model.min_size)
+    cost = measure_cost(load_model(result.model_path), cfg.model.min_size)
     key = cfg.primary_metric
     log.info(
         "subnet_train %s %s: val %s %.4f", role, code, key, result.metrics.get(key, float("nan"))
@@ -353,13 +355,8 @@ def _train_subnet(
 
 # ----------------------------------------------------------------------------- the run
 def run(cfg: DetNASRunConfig, out: Path) -> MethodResult:
-    """Run the DetNAS steps of ``cfg`` into ``out``. Under ``torchrun`` only ``supernet_train``
-    may run (DDP)."""
-    if dist_current().world_size > 1 and cfg.steps != ["supernet_train"]:
-        raise ConfigError(
-            "under torchrun only the supernet_train step runs (DDP): pass --steps "
-            "supernet_train, then run the other steps without torchrun"
-        )
+    """Run the DetNAS steps of ``cfg`` into ``out`` (under ``torchrun`` only ``supernet_train``:
+    the pipeline checks it)."""
     store = RecordStore(out / "records.sqlite")
     s = cfg.evolution_search
     ex = s.make_executor() if s else make_executor("inprocess")

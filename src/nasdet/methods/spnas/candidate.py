@@ -20,12 +20,12 @@ from torch import nn
 
 from nasdet import build
 from nasdet.build import build_datasets, build_detector, make_trainer
+from nasdet.cost import measure_cost
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.methods.spnas.config import Model, TrainConfig
 from nasdet.methods.spnas.nets import SerialBackbone, inherit_weights
 from nasdet.models.io import save_model
-from nasdet.search.costs import candidate_cost
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
     model.cpu()
     for p in model.parameters():
         p.requires_grad_(True)
-    cost = candidate_cost(model, arch.min_size)
+    cost = measure_cost(model, arch.min_size)
     save_model(
         out,
         model,

@@ -49,6 +49,8 @@ from nasdet.config import (
     spec_union,
 )
 from nasdet.methods.spnas.parts import ParallelFPNNeck, SerialBackboneSpec
+from nasdet.methods.spnas.space import SerialSpace
+from nasdet.search.constraints import Constraints
 from nasdet.search.executors import ExecutorSettings
 from nasdet.search.pareto import check_objectives, primary_metric
 
@@ -136,14 +138,6 @@ class Step(Strict):
         return next((h.range for h in space.hyperparameters if h.key == key), None)
 
 
-class Constraints(Strict):
-    """Resource limits checked before a candidate is trained (whole detector, ``input_size``)."""
-
-    max_params: int | None = Field(None, ge=1)
-    max_flops: float | None = Field(None, gt=0, description="FLOPs (2 per multiply-add)")
-    max_latency_ms: float | None = Field(None, gt=0, description="CPU latency, batch 1")
-
-
 class SearchSettings(ExecutorSettings):
     epochs: int = Field(2, ge=1, description="training epochs of each candidate")
     constraints: Constraints = Field(default_factory=Constraints)
@@ -188,6 +182,10 @@ class SpNasRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
                 raise ValueError(f"{name}.search_algorithm.type: {name} needs {wanted}")
             if not wanted and algo is not None:
                 raise ValueError(f"{name}.search_algorithm: {name} trains, it does not search")
+        try:
+            self.start_model()
+        except ValueError as e:
+            raise ValueError(f"serial.search_space: the start code does not fit: {e}") from None
         if (
             "reignition" in self.steps
             and self.search.classification_data is None
@@ -199,6 +197,39 @@ class SpNasRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
                 "generated only for the bundled digits)"
             )
         return self
+
+    def start_model(self) -> Model:
+        """The model section of the starting serial network: the serial step's first
+        ``network.backbone.code`` (default ResNet-50's ``111-2111-211111-211``) with
+        ``search.block`` / ``search.base_width``, on the detector ``model_desc.type`` names (else
+        ``model.detector``), the rest of ``model`` as given."""
+        codes = (self.serial.hyperparameter("network.backbone.code") if self.serial else None) or [
+            "111-2111-211111-211"
+        ]
+        code = str(codes[0])
+        if self.serial is not None:
+            code = str(SerialSpace(block=self.search.block).check(code))
+        backbone = SerialBackboneSpec(
+            code=code,
+            block=self.search.block,
+            base_width=self.search.base_width,
+            weights=self.model.backbone.weights,
+            frozen_bn=getattr(self.model.backbone, "frozen_bn", False),
+        )
+        desc = next(
+            (
+                getattr(self, n).model.model_desc
+                for n in self.steps
+                if getattr(self, n).model.model_desc.type
+            ),
+            None,
+        )
+        detector = DETECTORS[desc.type] if desc and desc.type else self.model.detector
+        return self.model.model_copy(update={"backbone": backbone, "detector": detector})
+
+    def cost_model(self) -> Model:
+        """What ``nasdet cost`` measures for this run config: the start architecture."""
+        return self.start_model()
 
     @property
     def primary_metric(self) -> str:
@@ -212,32 +243,44 @@ class SpNasRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
     def ignored_keys(self) -> list[tuple[str, str]]:
         """Seed (Vega) keys this run accepts but does not use: (key, why), warned once a run."""
         out = []
+        used = {"name", "weights", "frozen_bn"}
+        for key in sorted(self.model.backbone.model_fields_set - used):
+            why = "the start is the serial code with search.block and search.base_width"
+            out.append((f"model.backbone.{key}", why))
         for name in self.steps:
-            step = getattr(self, name)
-            callbacks = step.trainer.callbacks
-            if callbacks and not (name == "reignition" and callbacks == "ReignitionCallback"):
-                out.append((f"{name}.trainer.callbacks", "nasdet's steps bring their own"))
-            desc = step.model.model_desc
-            if desc.neck is not None:
-                out.append((f"{name}.model.model_desc.neck", "the parallel step sets the neck"))
-            if name != "fine_tune" and step.model.pretrained_model_file:
-                out.append(
-                    (
-                        f"{name}.model.pretrained_model_file",
-                        "steps start from the previous step's records (use models_folder to "
-                        "start from another run)",
-                    )
-                )
-            space = step.search_space
-            for hp in space.hyperparameters if space else []:
-                if len(hp.range) > 1:
-                    out.append(
-                        (
-                            f"{name}.search_space.hyperparameters[{hp.key}].range[1:]",
-                            "the search starts from the first value",
-                        )
-                    )
+            out += _ignored_in_step(name, getattr(self, name))
         return out
+
+
+def _ignored_in_step(name: str, step: Step) -> list[tuple[str, str]]:
+    out = []
+    callbacks = step.trainer.callbacks
+    if callbacks and not (
+        name == "reignition" and callbacks in ("ReignitionCallback", ["ReignitionCallback"])
+    ):
+        out.append((f"{name}.trainer.callbacks", "nasdet's steps bring their own"))
+    desc, model = step.model.model_desc, step.model
+    if desc.neck is not None:
+        out.append((f"{name}.model.model_desc.neck", "the parallel step sets the neck"))
+    if desc.freeze_swap_keys and name != "serial":
+        out.append((f"{name}.model.model_desc.freeze_swap_keys", "only the serial step freezes"))
+    if desc.convert_pretrained and name != "fine_tune":
+        out.append((f"{name}.model.model_desc.convert_pretrained", "only fine_tune converts"))
+    if name != "fine_tune" and model.pretrained_model_file:
+        why = "steps start from the previous step's records (models_folder: from another run)"
+        out.append((f"{name}.model.pretrained_model_file", why))
+    if name == "fine_tune" and step.models_folder:
+        out.append(("fine_tune.models_folder", "fine_tune trains the start architecture"))
+    space = step.search_space
+    for hp in space.hyperparameters if space else []:
+        where = f"{name}.search_space.hyperparameters[{hp.key}]"
+        if hp.key == "network.neck.code":
+            out.append((where, "the parallel step samples neck codes itself"))
+        elif name != "serial":
+            out.append((where, "only the serial step's backbone code is the start"))
+        elif len(hp.range) > 1:
+            out.append((f"{where}.range[1:]", "the search starts from the first value"))
+    return out
 
 
 def substitute(path: str | None, out_dir: Path) -> Path | None:

@@ -23,7 +23,7 @@ from nasdet.methods.spnas.neck_space import ParallelCode, mutate_parallel, sampl
 from nasdet.methods.spnas.parallel_fpn import levels_branch_flops
 from nasdet.methods.spnas.parts import ParallelFPNNeck
 from nasdet.methods.spnas.space import SerialSpace, mutate
-from nasdet.search.costs import candidate_cost
+from nasdet.search.constraints import Constraints, cost_for
 from nasdet.search.driver import Proposal
 from nasdet.search.pareto import Objective, pareto_records
 from nasdet.search.records import Record, RecordStore
@@ -53,7 +53,8 @@ class SerialProposer:
     expend_ratio: float = 0.3
     add_stage_ratio: float = 0.05
     num_classes: int = 11
-    latency: bool = False  # measure latency_ms of each proposal (a latency limit is set)
+    constraints: Constraints = Constraints()  # what each proposal's cost must include
+    batch_size: int = 16  # of the memory limit (train.batch_size)
 
     def __call__(self, store: RecordStore, rng: random.Random) -> Proposal | None:
         parent = choose_parent(store, self.step, self.objectives, rng)
@@ -71,7 +72,9 @@ class SerialProposer:
         backbone = arch.backbone.model_copy(update={"code": str(child), "levels": None})
         arch = arch.model_copy(update={"backbone": backbone})
         model = build_detector(arch, self.num_classes, load_weights=False)
-        cost = candidate_cost(model, arch.min_size, latency=self.latency)
+        cost = cost_for(
+            model, self.constraints, input_size=arch.min_size, batch_size=self.batch_size
+        )
         payload = {
             **self.base_payload,
             "architecture": arch.model_dump(mode="json"),
@@ -95,7 +98,8 @@ class ParallelProposer:
     max_blocks_per_level: int = 3
     max_flops: float | None = None
     num_classes: int = 11
-    latency: bool = False
+    constraints: Constraints = Constraints()
+    batch_size: int = 16
 
     def __call__(self, store: RecordStore, rng: random.Random) -> Proposal | None:
         parent = choose_parent(store, self.step, self.objectives, rng)
@@ -116,32 +120,12 @@ class ParallelProposer:
             )
         arch = arch.model_copy(update={"neck": ParallelFPNNeck(code=str(code))})
         model = build_detector(arch, self.num_classes, load_weights=False)
-        cost = candidate_cost(model, arch.min_size, latency=self.latency)
+        cost = cost_for(
+            model, self.constraints, input_size=arch.min_size, batch_size=self.batch_size
+        )
         payload = {
             **self.base_payload,
             "architecture": arch.model_dump(mode="json"),
             "parent_weights": parent.weights_path,
         }
         return Proposal(f"{serial_code}|{code}", parent.id, payload, cost)
-
-
-def cost_checker(
-    *,
-    max_params: float | None = None,
-    max_flops: float | None = None,
-    max_latency_ms: float | None = None,
-) -> Any:
-    """A ``check_cost`` for :func:`run_search`: the first limit a cost breaks, as one line.
-
-    ``max_latency_ms`` applies to ``cost["latency_ms"]`` (measured when the limit is set)."""
-
-    def check(cost: dict[str, float]) -> str | None:
-        if max_latency_ms is not None and cost.get("latency_ms", 0) > max_latency_ms:
-            return f"latency {cost['latency_ms']:.2f} ms > max_latency_ms {max_latency_ms:g}"
-        if max_params is not None and cost.get("params", 0) > max_params:
-            return f"params {cost['params']:,.0f} > max_params {max_params:,.0f}"
-        if max_flops is not None and cost.get("flops", 0) > max_flops:
-            return f"FLOPs {cost['flops']:,.0f} > max_flops {max_flops:,.0f}"
-        return None
-
-    return check

@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from nasdet.build import build_detector, num_classes
+from nasdet.cost import measure_cost
 from nasdet.data import ensure_digits_classification
 from nasdet.engine.classify import pretrain_backbone
 from nasdet.engine.train import resolve_device
 from nasdet.errors import ConfigError, WorkFailed
 from nasdet.method import MethodResult
 from nasdet.methods.spnas.candidate import evaluate_candidate, load_model
-from nasdet.methods.spnas.config import DETECTORS, Model, SpNasRunConfig, Step, substitute
+from nasdet.methods.spnas.config import Model, SpNasRunConfig, Step, substitute
 from nasdet.methods.spnas.convert import convert_torchvision_fasterrcnn
-from nasdet.methods.spnas.parts import SerialBackboneSpec
-from nasdet.methods.spnas.proposers import ParallelProposer, SerialProposer, cost_checker
+from nasdet.methods.spnas.proposers import ParallelProposer, SerialProposer
 from nasdet.methods.spnas.space import SerialCode, SerialSpace
 from nasdet.models.io import save_model
-from nasdet.search.costs import candidate_cost
+from nasdet.search.constraints import checker
 from nasdet.search.driver import add_root, run_search, write_step_outputs
 from nasdet.search.executors import Executor, Task
 from nasdet.search.records import Record, RecordStore
@@ -40,28 +40,8 @@ def base_config(cfg: SpNasRunConfig) -> dict[str, Any]:
 
 
 def start_architecture(cfg: SpNasRunConfig) -> Model:
-    """The model section of the starting serial network (search space's first code)."""
-    codes = (cfg.serial.hyperparameter("network.backbone.code") if cfg.serial else None) or [
-        "111-2111-211111-211"
-    ]
-    code = SerialSpace(block=cfg.search.block).check(str(codes[0])) if cfg.serial else codes[0]
-    backbone = SerialBackboneSpec(
-        code=str(code),
-        block=cfg.search.block,
-        base_width=cfg.search.base_width,
-        weights=cfg.model.backbone.weights,
-        frozen_bn=getattr(cfg.model.backbone, "frozen_bn", False),
-    )
-    desc = next(
-        (
-            getattr(cfg, n).model.model_desc
-            for n in cfg.steps
-            if getattr(cfg, n).model.model_desc.type
-        ),
-        None,
-    )
-    detector = DETECTORS[desc.type] if desc else cfg.model.detector
-    return cfg.model.model_copy(update={"backbone": backbone, "detector": detector})
+    """The model section of the starting serial network (see ``SpNasRunConfig.start_model``)."""
+    return cfg.start_model()
 
 
 def _best(records: list[Record], metric: str) -> Record:
@@ -160,7 +140,8 @@ def serial(
         algo.expend_ratio,
         algo.add_stage_ratio,
         num_classes(cfg.data),
-        latency=cfg.search.constraints.max_latency_ms is not None,
+        constraints=cfg.search.constraints,
+        batch_size=cfg.train.batch_size,
     )
     return _search(cfg, "serial", algo.max_sample, algo.objective_keys, store, out, ex, propose)
 
@@ -270,7 +251,8 @@ def parallel(
         algo.max_blocks_per_level,
         cfg.search.constraints.max_flops,
         num_classes(cfg.data),
-        latency=cfg.search.constraints.max_latency_ms is not None,
+        constraints=cfg.search.constraints,
+        batch_size=cfg.train.batch_size,
     )
     return _search(cfg, "parallel", algo.max_sample, algo.objective_keys, store, out, ex, propose)
 
@@ -285,7 +267,6 @@ def _search(
     ex: Executor,
     propose: Any,
 ) -> list[Record]:
-    c = cfg.search.constraints
     return run_search(
         store,
         step,
@@ -296,9 +277,7 @@ def _search(
         max_sample=max_sample,
         objectives=objectives,
         seed=cfg.seed,
-        check_cost=cost_checker(
-            max_params=c.max_params, max_flops=c.max_flops, max_latency_ms=c.max_latency_ms
-        ),
+        check_cost=checker(cfg.search.constraints),
     )
 
 
@@ -369,14 +348,14 @@ def check_start(cfg: SpNasRunConfig) -> None:
     """Fail early (one line) when the starting architecture cannot be built."""
     arch = start_architecture(cfg)
     SerialCode.parse(arch.backbone.code)
-    candidate_cost(build_detector(arch, num_classes(cfg.data), load_weights=False), arch.min_size)
+    measure_cost(build_detector(arch, num_classes(cfg.data), load_weights=False), arch.min_size)
 
 
 def import_members(store: RecordStore, folder: Path) -> list[Record]:
     """The models of another step's output folder (its ``desc_<id>.json`` files), recorded in
     this run as done records of step ``imported`` so later steps can start from them (the seed's
     ``models_folder``)."""
-    descs = sorted(Path(folder).glob("desc_*.json"))
+    descs = sorted(Path(folder).glob("desc_*.json"), key=lambda p: int(p.stem.split("_")[-1]))
     if not descs:
         raise ConfigError(
             f"{folder}: models_folder has no desc_<id>.json files — point it at a step's output "
@@ -461,10 +440,17 @@ def _objectives(cfg: SpNasRunConfig) -> list[str]:
 
 
 def _baseline_note(cfg: SpNasRunConfig, start: Record | None) -> str:
+    """What the report's baseline (the fine-tuned start) is, with its budget and split."""
     if start is None or cfg.fine_tune is None:
         return ""
     epochs = cfg.fine_tune.trainer.epochs or cfg.train.epochs
-    return f"the start {start.genotype}, fine_tune: {epochs} epochs"
+    split = "the search split" if cfg.data.search_fraction > 0 else "val"
+    final = cfg.fully_train
+    winner = ""
+    if final is not None and "fully_train" in cfg.steps:
+        w_epochs = final.trainer.epochs or cfg.search.fully_train_epochs or cfg.train.epochs
+        winner = f"; the winner: {w_epochs} epochs more from its searched weights, scored on val"
+    return f"the start {start.genotype}: fine_tune {epochs} epochs, scored on {split}{winner}"
 
 
 def _required(store: RecordStore, step: str) -> Record:
