@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from test_cost import tiny_fcos
 
-from nasdet.config import _describe
+from nasdet._config_errors import describe_error
 from nasdet.search.constraints import Constraints, Limits, checker, cost_for, describe, needs
 
 # a cost that breaks nothing below
@@ -27,7 +27,7 @@ def one_line_error(data: dict) -> str:
     """The one-line message the config loader shows for ``data`` under ``search.constraints``."""
     with pytest.raises(ValidationError) as info:
         Constraints.model_validate(data)
-    text = _describe(info.value, Constraints)
+    text = describe_error(info.value, Constraints)
     assert "\n" not in text
     return text
 
