@@ -101,8 +101,19 @@ def test_detnas_pipeline_end_to_end(digits_root: Path, cls_root: Path, tmp_path:
         assert rec.cost["backbone_params"] <= 40_000 and rec.cost["params"] > 0
         assert 0.0 <= rec.metrics["mAP"] <= 1.0
     result = json.loads((out / "result.json").read_text())
+    # subnet_train trained the best scored subnet and (baseline: true) the hand-crafted
+    # ShuffleNetV2 of the same depths, unless the search picked exactly that one
+    from nasdet.spaces.shufflenet import handcrafted
+
     trained = store.records("subnet_train", status="done")
-    assert {r.extra["role"] for r in trained} <= {"searched", "baseline"} and len(trained) >= 1
+    roles = {r.extra["role"]: r for r in trained}
+    top = max(scored, key=lambda r: r.metrics["mAP"])
+    hand = str(handcrafted(ShuffleNetCode.parse(top.genotype).depths))
+    assert set(roles) == ({"searched"} if top.genotype == hand else {"searched", "baseline"})
+    assert len(trained) == len(roles)
+    assert (roles["searched"].genotype, roles["searched"].parent_id) == (top.genotype, top.id)
+    assert result["record"] == roles["searched"].id
+    assert "baseline" not in roles or roles["baseline"].genotype == hand
     winner = nasdet.load_model(result["model"])
     assert winner.backbone.body.__class__.__name__ == "ShuffleNetV2Backbone"
     assert (out / "report.html").is_file()
