@@ -9,8 +9,10 @@ connection, and a forked child opens new ones instead of using its parent's.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +51,14 @@ CREATE INDEX records_step_status ON records (step, status)
 
 class RecordStoreError(NasdetError):
     """The record file is unusable, or a record is missing or in the wrong state."""
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): another connection holds a lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class Database:
@@ -118,36 +128,76 @@ class Database:
         return RecordStoreError(f"{self.path}: SQLite error: {text}")
 
     def _init_schema(self) -> None:
-        try:
-            tables = {r[0] for r in self.query("SELECT name FROM sqlite_master")}
-            if tables and "nasdet_meta" not in tables:  # leave other programs' files untouched
-                raise RecordStoreError(
-                    f"{self.path}: a SQLite database but not a nasdet record store; "
-                    "choose another file"
-                )
-            conn = self.conn()
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            with self.write() as cur:
-                if cur.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
-                    # one statement at a time: executescript() would COMMIT mid-transaction
-                    for statement in _SCHEMA.split(";"):
-                        cur.execute(statement)
-                    cur.execute(
-                        "INSERT INTO nasdet_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                    )
-                    return
-                row = cur.execute(
-                    "SELECT value FROM nasdet_meta WHERE key = 'schema_version'"
-                ).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise self.error(exc) from None
-        version = None if row is None else int(row[0])
+        """Check the file is a nasdet store of this schema version; on a new file, create the
+        schema and switch to WAL.
+
+        Several processes may do this on one new file at the same moment (the ranks of a
+        ``torchrun`` job do). Each step is safe to repeat, and the whole is retried on "database
+        is locked" until ``busy_timeout_s`` has passed: SQLite's busy timeout does not cover the
+        switch to WAL, which fails at once while another connection holds the write lock (it
+        already holds a read lock there, and waiting could deadlock).
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        pause = 0.002
+        while True:
+            try:
+                version = self._setup()
+                break
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if not _is_locked(exc) or left <= 0:
+                    raise self.error(exc) from None
+            except sqlite3.DatabaseError as exc:
+                raise self.error(exc) from None
+            time.sleep(min(left, pause * random.uniform(0.5, 1.0)))  # jitter: no lockstep
+            pause = min(2 * pause, 0.1)
         if version != SCHEMA_VERSION:
             raise RecordStoreError(
                 f"{self.path}: record store schema version {version}, this nasdet reads "
                 f"version {SCHEMA_VERSION}; use the nasdet version that wrote it or start a "
                 "new run directory"
+            )
+
+    def _setup(self) -> int | None:
+        """One try of :meth:`_init_schema`; returns the stored schema version (``None``: none).
+
+        The schema is created inside one ``BEGIN IMMEDIATE`` transaction that first checks the
+        file is still empty, so of several processes only one creates it and the others read
+        the version it committed.
+        """
+        conn = self.conn()
+        self._check_tables(r[0] for r in conn.execute("SELECT name FROM sqlite_master"))
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")  # before any write: not in a transaction
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+            if not tables:
+                # one statement at a time: executescript() would COMMIT mid-transaction
+                for statement in _SCHEMA.split(";"):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO nasdet_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            else:
+                self._check_tables(tables)
+            row = conn.execute(
+                "SELECT value FROM nasdet_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        return None if row is None else int(row[0])
+
+    def _check_tables(self, names: Iterable[str]) -> None:
+        """Leave other programs' files untouched: raise unless empty or a nasdet store."""
+        tables = set(names)
+        if tables and "nasdet_meta" not in tables:
+            raise RecordStoreError(
+                f"{self.path}: a SQLite database but not a nasdet record store; "
+                "choose another file"
             )
 
     @contextmanager
