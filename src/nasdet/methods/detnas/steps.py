@@ -98,6 +98,7 @@ def supernet_pretrain(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Pa
     dest = out / "output" / "supernet_pretrain" / "backbone.pth"
     if _done(store, "supernet_pretrain", SUPERNET) and dest.is_file():
         return dest
+    torch.manual_seed(cfg.seed)  # initial weights from the seed alone: a rerun pretrains the same
     body = build_backbone(cfg.model.backbone, load_weights=False)
     acc = pretrain_backbone(
         body,
@@ -318,6 +319,7 @@ def _train_subnet(
     if step.pretrain_epochs:
         weights = run_dir / "backbone_pretrained.pth"
         if not weights.is_file():
+            torch.manual_seed(cfg.seed)  # the initial weights, as in supernet_pretrain
             body = build_backbone(arch.backbone, load_weights=False)
             acc = pretrain_backbone(
                 body,
