@@ -29,12 +29,12 @@ from _killrun import (
     weights_differences,
 )
 from conftest import tiny_config
+from nasdet.search.costs import candidate_cost
 
 from nasdet.build import build_detector, num_classes
 from nasdet.data import make_digits_classification
 from nasdet.methods import load_run_config
 from nasdet.methods.spnas.steps import start_architecture
-from nasdet.search.costs import candidate_cost
 from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
 
