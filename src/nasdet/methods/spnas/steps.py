@@ -27,7 +27,7 @@ from nasdet.methods.spnas.proposers import ParallelProposer, SerialProposer
 from nasdet.methods.spnas.space import SerialCode, SerialSpace
 from nasdet.models.io import save_model
 from nasdet.search.constraints import checker
-from nasdet.search.driver import add_root, run_search, write_step_outputs
+from nasdet.search.driver import add_root, clean_leftovers, run_search, write_step_outputs
 from nasdet.search.executors import Executor, Task
 from nasdet.search.records import Record, RecordStore
 
@@ -296,6 +296,7 @@ def _run_single(
     rec = found or store.add(step, genotype, parent_id=parent_id, extra={"payload": payload})
     store.reset_running(step)
     store.reset_failed(step)  # a failed try is tried again
+    clean_leftovers(out_file.parent)  # a killed try's .train-* folder and *.tmp files
     store.claim(rec.id)
     outcome = next(ex.run(evaluate_candidate, [Task(rec.id, {**payload, "out": str(out_file)})]))
     if not outcome.ok:
