@@ -29,9 +29,9 @@ from _killrun import (
     weights_differences,
 )
 from conftest import tiny_config
-from nasdet.search.costs import candidate_cost
 
 from nasdet.build import build_detector, num_classes
+from nasdet.cost import measure_cost
 from nasdet.data import make_digits_classification
 from nasdet.methods import load_run_config
 from nasdet.methods.spnas.steps import start_architecture
@@ -142,7 +142,7 @@ def start_params(cfg: dict, tmp_path: Path) -> float:
     run = load_run_config(path)
     arch = start_architecture(run)
     model = build_detector(arch, num_classes(run.data), load_weights=False)
-    return candidate_cost(model, arch.min_size)["params"]
+    return measure_cost(model, arch.min_size)["params"]
 
 
 def kill_and_compare(
