@@ -104,7 +104,7 @@ def test_detnas_pipeline_end_to_end(digits_root: Path, cls_root: Path, tmp_path:
     result = json.loads((out / "result.json").read_text())
     # subnet_train trained the best scored subnet and (baseline: true) the hand-crafted
     # ShuffleNetV2 of the same depths, unless the search picked exactly that one
-    from nasdet.spaces.shufflenet import handcrafted
+    from nasdet.methods.detnas.space import handcrafted
 
     trained = store.records("subnet_train", status="done")
     roles = {r.extra["role"]: r for r in trained}

@@ -53,7 +53,7 @@ RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds")
 @dataclass(frozen=True)
 class Proposal:
     """A candidate to evaluate: its genotype string, parent record, and the payload for
-    :func:`~nasdet.search.candidate.evaluate_candidate` (without ``out``)."""
+    the evaluate function (e.g. :func:`~nasdet.methods.spnas.candidate.evaluate_candidate`) (without ``out``)."""
 
     genotype: str
     parent_id: int | None
