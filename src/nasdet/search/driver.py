@@ -52,8 +52,8 @@ RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds")
 
 @dataclass(frozen=True)
 class Proposal:
-    """A candidate to evaluate: its genotype string, parent record, and the payload for
-    the evaluate function (e.g. :func:`~nasdet.methods.spnas.candidate.evaluate_candidate`) (without ``out``)."""
+    """A candidate to evaluate: its genotype string, parent record, and the payload for the
+    evaluate function (without ``out``; e.g. SP-NAS's ``evaluate_candidate``)."""
 
     genotype: str
     parent_id: int | None
