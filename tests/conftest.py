@@ -16,6 +16,23 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_digits(root, train=32, val=12, size=96, seed=0)
 
 
+def tiny_supernet_model() -> dict:
+    """The ``model`` section of a tiny DetNAS supernet detector (RetinaNet, 96 px)."""
+    return {
+        "detector": "retinanet",
+        "backbone": {
+            "name": "shufflenet_supernet",
+            "width_mult": 0.25,
+            "depths": [1, 2, 2, 1],
+            "levels": [3, 4, 5],
+        },
+        "fpn_channels": 16,
+        "anchor_base": 2.0,
+        "min_size": 96,
+        "max_size": 96,
+    }
+
+
 def tiny_config(digits_root: Path, **train: object) -> dict:
     """A config dict for a small FCOS that trains in seconds on :func:`digits_root`."""
     return {

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from _torchrun import run_torchrun
-from conftest import tiny_config
+from conftest import tiny_config, tiny_supernet_model
 
 import nasdet
 from nasdet.cli import main
@@ -35,19 +35,7 @@ def detnas_config(digits_root: Path, cls_root: Path, **search: object) -> dict:
     cfg = tiny_config(digits_root, epochs=1)
     cfg["method"] = "detnas"
     cfg["data"]["search_fraction"] = 0.25
-    cfg["model"] = {
-        "detector": "retinanet",
-        "backbone": {
-            "name": "shufflenet_supernet",
-            "width_mult": 0.25,
-            "depths": [1, 2, 2, 1],
-            "levels": [3, 4, 5],
-        },
-        "fpn_channels": 16,
-        "anchor_base": 2.0,
-        "min_size": 96,
-        "max_size": 96,
-    }
+    cfg["model"] = tiny_supernet_model()
     cfg["supernet_pretrain"] = {"epochs": 1, "data": str(cls_root), "batch_size": 16}
     cfg["supernet_train"] = {"epochs": 1}
     cfg["evolution_search"] = {

@@ -28,7 +28,7 @@ from _killrun import (
     wait_ok,
     weights_differences,
 )
-from conftest import tiny_config
+from conftest import tiny_config, tiny_supernet_model
 
 from nasdet.build import build_detector, num_classes
 from nasdet.cost import measure_cost
@@ -107,19 +107,7 @@ def spnas_config(out: Path, cls_root: Path, max_params: int | None = None) -> di
 def detnas_config(out: Path, cls_root: Path) -> dict:
     cfg = _tiny(out)
     cfg["method"] = "detnas"
-    cfg["model"] = {
-        "detector": "retinanet",
-        "backbone": {
-            "name": "shufflenet_supernet",
-            "width_mult": 0.25,
-            "depths": [1, 2, 2, 1],
-            "levels": [3, 4, 5],
-        },
-        "fpn_channels": 16,
-        "anchor_base": 2.0,
-        "min_size": 96,
-        "max_size": 96,
-    }
+    cfg["model"] = tiny_supernet_model()
     cfg["supernet_pretrain"] = {"epochs": 1, "data": str(cls_root), "batch_size": 16}
     cfg["supernet_train"] = {"epochs": 2}  # a kill between its epochs resumes a checkpoint
     cfg["evolution_search"] = {

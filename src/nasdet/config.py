@@ -16,6 +16,7 @@ itself into its constructor's keyword arguments (``build``); only specs, this mo
 from __future__ import annotations
 
 import typing
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
@@ -113,23 +114,23 @@ class BackboneSpec(Strict):
         None, description="a torchvision classification state dict to start the backbone from"
     )
 
+    @abstractmethod
     def build(self) -> nn.Module:
         """The backbone body (nasdet's backbone contract: ``feature_info``, ordered levels)."""
-        raise NotImplementedError(f"{type(self).__name__} does not build a backbone")
 
 
 class SupernetSpec(BackboneSpec):
     """A backbone section that builds a weight-sharing supernet (the supernet protocol of
     :mod:`nasdet.search.supernet`): it parses genotypes and names the static subnet's section."""
 
+    @abstractmethod
     def parse_genotype(self, text: str) -> Any:
         """The genotype ``text`` names (a code string, or a file's text the search wrote);
         ``ValueError`` naming what is wrong."""
-        raise NotImplementedError
 
+    @abstractmethod
     def subnet(self, genotype: Any) -> BackboneSpec:
         """The backbone section of the standalone subnet ``genotype``."""
-        raise NotImplementedError
 
 
 class TorchvisionBackbone(BackboneSpec):
@@ -156,9 +157,9 @@ class TorchvisionBackbone(BackboneSpec):
 class NeckSpec(Strict):
     """Base of every neck section (a union told apart by ``name``, like backbones)."""
 
+    @abstractmethod
     def build(self, body: nn.Module, channels: int, extra_levels: str) -> nn.Module:
         """The neck around ``body``: an :class:`~nasdet.models.backbone.FPNBackbone`."""
-        raise NotImplementedError(f"{type(self).__name__} does not build a neck")
 
 
 class FPNNeck(NeckSpec):
