@@ -192,12 +192,14 @@ def make_trainer(
     step_hook: StepHook | None = None,
     forwards_per_step: int | None = None,
     find_unused_parameters: bool = False,
+    backbone_lr: float | None = None,
 ) -> Trainer:
     """A :class:`~nasdet.engine.train.Trainer` with the optimizer and per-iteration schedule of
     ``cfg.train`` (``epochs`` and ``lr * lr_scale`` may be overridden, e.g. for candidates).
 
     Under ``torchrun`` (DDP) ``train.batch_size`` is per process: each of the N processes runs
-    1/N of the iterations, and the schedule is laid out over those."""
+    1/N of the iterations, and the schedule is laid out over those. ``backbone_lr``: see
+    :func:`~nasdet.engine.optim.make_optimizer` (0 freezes the backbone body)."""
     from nasdet.engine.distributed import current
 
     t = cfg.train
@@ -205,7 +207,12 @@ def make_trainer(
     world = current().world_size
     iters = math.ceil(math.ceil(len(train_set) / world) / t.batch_size)
     optimizer = make_optimizer(
-        model, t.optimizer, lr=t.lr * lr_scale, momentum=t.momentum, weight_decay=t.weight_decay
+        model,
+        t.optimizer,
+        lr=t.lr * lr_scale,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        backbone_lr=backbone_lr,
     )
     scheduler = make_scheduler(
         optimizer,

@@ -22,7 +22,7 @@ from nasdet.cost import count_params
 from nasdet.engine.distributed import current
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
-from nasdet.models.io import save_model
+from nasdet.models.io import load_state_dict_checked, read_weights, save_model
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,19 @@ def config_fingerprint(cfg: Config) -> str:
     return json.dumps(dump, sort_keys=True)
 
 
-def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
-    """Train and evaluate the detector of ``cfg``; outputs go to ``out_dir``."""
+def train_step(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_weights: Path | None = None,
+    backbone_lr: float | None = None,
+) -> TrainResult:
+    """Train and evaluate the detector of ``cfg``; outputs go to ``out_dir``.
+
+    ``init_weights`` (optional): a state dict file of the whole detector to start from (loaded
+    with ``weights_only=True``; every key must match). ``backbone_lr`` (optional): the backbone
+    body's learning rate (0 freezes it), the rest at ``train.lr``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = current().is_main  # under torchrun, rank 0 evaluates and writes the files
@@ -57,14 +68,23 @@ def train_step(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> Tra
     data = build_datasets(cfg.data, seed=cfg.seed)
     device = resolve_device(cfg.train.device)
     model = build_detector(cfg.model, len(data.categories) + 1)
+    if init_weights is not None:
+        load_state_dict_checked(model, read_weights(init_weights), str(init_weights))
 
     def score(m: torch.nn.Module, epoch: int) -> dict[str, float]:
         return evaluate(
             m, data.val, batch_size=cfg.eval.batch_size, device=device, backend=cfg.eval.backend
         )
 
+    extra = f"|init={init_weights}|backbone_lr={backbone_lr}" if init_weights or backbone_lr else ""
     trainer = make_trainer(
-        model, data.train, cfg, out_dir, evaluate=score, fingerprint=config_fingerprint(cfg)
+        model,
+        data.train,
+        cfg,
+        out_dir,
+        evaluate=score,
+        fingerprint=config_fingerprint(cfg) + extra,
+        backbone_lr=backbone_lr,
     )
     start = time.perf_counter()
     history = trainer.fit(resume=resume)

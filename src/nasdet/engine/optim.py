@@ -23,10 +23,27 @@ from nasdet.errors import ConfigError
 
 
 def make_optimizer(
-    model: nn.Module, name: str, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+    model: nn.Module,
+    name: str,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    backbone_lr: float | None = None,
 ) -> Optimizer:
-    """SGD (with momentum) or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD (with momentum) or AdamW over the trainable parameters. ``backbone_lr`` (optional):
+    the learning rate of ``model.backbone.body`` (a detector's backbone body; 0 freezes it), the
+    rest at ``lr``; schedules scale both alike."""
+    params: list = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr is not None:
+        body = {id(p) for p in model.backbone.body.parameters()}
+        if backbone_lr == 0:
+            for p in model.backbone.body.parameters():
+                p.requires_grad_(False)
+        base = [p for p in params if id(p) in body and backbone_lr > 0]
+        params = [{"params": [p for p in params if id(p) not in body]}]
+        if base:
+            params.append({"params": base, "lr": backbone_lr})
     if name == "sgd":
         return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
