@@ -47,6 +47,48 @@ def test_multistep_milestones_are_iterations() -> None:
     assert lrs[8:] == pytest.approx([0.01] * 2)
 
 
+def test_cosine_restarts_back_to_peak_every_t0() -> None:
+    warmup, t0 = 3, 5
+    lrs = _lrs(
+        "cosine_restarts", 3 + 4 * t0, warmup_iters=warmup, warmup_factor=0.1, restart_iters=t0
+    )
+    assert lrs[:warmup] == pytest.approx([0.1, 0.4, 0.7])
+    # torch's CosineAnnealingWarmRestarts (eta_min 0): lr * (1 + cos(pi * T_cur / T_0)) / 2
+    for t, lr in enumerate(lrs[warmup:]):
+        assert lr == pytest.approx(0.5 * (1 + math.cos(math.pi * (t % t0) / t0))), t
+    assert [lrs[warmup + k * t0] for k in range(4)] == pytest.approx([1.0] * 4)
+    assert lrs[warmup + t0 - 1] < 0.1
+    # without restart_iters: one cycle over the rest of the run, as cosine
+    assert _lrs("cosine_restarts", 20, warmup_iters=4) == pytest.approx(
+        _lrs("cosine", 20, warmup_iters=4)
+    )
+
+
+def test_restart_epochs_config(tmp_path: Path) -> None:
+    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+
+    from nasdet.build import make_trainer
+    from nasdet.errors import ConfigError
+
+    def t0(train: dict, **kw: object) -> int:
+        base = {"epochs": 4, "batch_size": 4, "warmup_iters": 0, "tensorboard": False}
+        cfg = parse_config({"train": {**base, **train}})
+        trainer = make_trainer(TwoBranch(), Points(), cfg, tmp_path, **kw)  # 8 iters per epoch
+        assert isinstance(trainer.scheduler, CosineAnnealingWarmRestarts)
+        return trainer.scheduler.T_0
+
+    assert t0({"schedule": "cosine_restarts", "restart_epochs": 2}) == 16
+    assert t0({"schedule": "cosine_restarts"}, restart_epochs=1) == 8  # a method's default
+    assert t0({"schedule": "cosine_restarts", "restart_epochs": 3}, restart_epochs=1) == 24
+    assert t0({"schedule": "cosine_restarts"}) == 32  # the whole run
+    with pytest.raises(ConfigError) as err:
+        parse_config({"train": {"restart_epochs": 2}}, source="a.yaml")
+    assert (
+        str(err.value)
+        == "a.yaml: train: restart_epochs is for schedule cosine_restarts, not cosine"
+    )
+
+
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 

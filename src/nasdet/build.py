@@ -193,9 +193,14 @@ def make_trainer(
     forwards_per_step: int | None = None,
     find_unused_parameters: bool = False,
     backbone_lr: float | None = None,
+    restart_epochs: int | None = None,
 ) -> Trainer:
     """A :class:`~nasdet.engine.train.Trainer` with the optimizer and per-iteration schedule of
     ``cfg.train`` (``epochs`` and ``lr * lr_scale`` may be overridden, e.g. for candidates).
+
+    ``restart_epochs`` is the cycle length of ``schedule: cosine_restarts`` when
+    ``train.restart_epochs`` is not set (e.g. a method's progressive-shrinking phase interval);
+    left ``None`` too, one cycle spans the run.
 
     Under ``torchrun`` (DDP) ``train.batch_size`` is per process: each of the N processes runs
     1/N of the iterations, and the schedule is laid out over those. ``backbone_lr``: see
@@ -222,6 +227,7 @@ def make_trainer(
         warmup_factor=t.warmup_factor,
         milestones=[m * iters for m in t.milestones],
         gamma=t.gamma,
+        restart_iters=restart * iters if (restart := t.restart_epochs or restart_epochs) else None,
     )
     return Trainer(
         model=model,

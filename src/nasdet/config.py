@@ -284,9 +284,14 @@ class TrainConfig(Strict):
     lr: float = Field(0.02, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    schedule: Literal["cosine", "cosine_restarts", "multistep", "constant"] = "cosine"
     milestones: list[int] = Field([], description="epochs where multistep multiplies lr by gamma")
     gamma: float = Field(0.1, gt=0.0)
+    restart_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="cosine_restarts: epochs per cosine cycle (default: a method's, else the run)",
+    )
     warmup_iters: int = Field(100, ge=0)
     warmup_factor: float = Field(0.001, gt=0.0, le=1.0)
     grad_clip: float | None = Field(10.0, gt=0.0, description="max gradient L2 norm; null = off")
@@ -295,6 +300,12 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = Field(0, ge=0, description="evaluate every N epochs (0: only at the end)")
     tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def _restart_epochs(self) -> TrainConfig:
+        if self.restart_epochs is not None and self.schedule != "cosine_restarts":
+            raise ValueError(f"restart_epochs is for schedule cosine_restarts, not {self.schedule}")
+        return self
 
 
 class EvalConfig(Strict):

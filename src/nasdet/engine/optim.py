@@ -13,6 +13,7 @@ from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import (
     ConstantLR,
     CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
     LinearLR,
     LRScheduler,
     MultiStepLR,
@@ -60,19 +61,29 @@ def make_scheduler(
     warmup_factor: float = 0.001,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    restart_iters: int | None = None,
 ) -> LRScheduler:
     """A per-iteration schedule: linear warm-up from ``warmup_factor * lr`` over ``warmup_iters``
-    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant."""
+    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant /
+    cosine_restarts: torch's ``CosineAnnealingWarmRestarts`` (SGDR), a cosine from ``lr`` to 0
+    over ``restart_iters`` iterations, then back to ``lr`` and again, the cycles counted from
+    the end of the warm-up (default: one cycle over the rest of the run, i.e. cosine)."""
     warmup = min(warmup_iters, max(total_iters - 1, 0))
     rest = max(total_iters - warmup, 1)
+    if restart_iters is not None and restart_iters < 1:
+        raise ValueError(f"restart_iters must be >= 1, got {restart_iters}")
     if schedule == "cosine":
         main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
+    elif schedule == "cosine_restarts":
+        main = CosineAnnealingWarmRestarts(optimizer, T_0=restart_iters or rest)
     elif schedule == "multistep":
         main = MultiStepLR(optimizer, [max(m - warmup, 1) for m in milestones], gamma=gamma)
     elif schedule == "constant":
         main = ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:
-        raise ValueError(f"schedule must be cosine, multistep or constant, got {schedule!r}")
+        raise ValueError(
+            f"schedule must be cosine, cosine_restarts, multistep or constant, got {schedule!r}"
+        )
     if warmup == 0:
         return main
     ramp = LinearLR(optimizer, start_factor=warmup_factor, total_iters=warmup)
