@@ -86,7 +86,7 @@ def test_ssd_extra_levels() -> None:
     assert [ShapeSpec(v.shape[1], 128 // v.shape[-1]) for v in out.values()] == bb.feature_info
 
 
-DETECTORS = ["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite"]
+DETECTORS = ["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite", "yolov3"]
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -99,6 +99,7 @@ def test_detector_trains_and_predicts(detector: str, backbone: str) -> None:
         "fcos": {"fpn_channels": 32},
         "ssd": {"ssd_extra_channels": [32]},
         "ssdlite": {"ssd_extra_channels": [32]},
+        "yolov3": {},
     }
     cfg = ModelConfig(
         detector=detector,

@@ -34,6 +34,8 @@ from nasdet.errors import CheckpointError, ConfigError, DataError
 from nasdet.models import detectors
 from nasdet.models.backbone import ExtraLevelsBackbone
 from nasdet.models.io import load_backbone_weights, load_state_dict_checked, read_model_file
+from nasdet.models.yolov3 import STRIDES as YOLOV3_STRIDES
+from nasdet.models.yolov3 import YOLOv3
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,14 @@ def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = T
             max_ratio=cfg.ssd_max_ratio,
             **common,
         )
+    if cfg.detector == "yolov3":
+        strides = tuple(s.stride for s in body.feature_info)
+        if strides != YOLOV3_STRIDES:
+            raise ConfigError(
+                f"model.backbone.levels: yolov3 needs three levels at strides 8, 16, 32 "
+                f"(levels [3, 4, 5]), got strides {list(strides)}"
+            )
+        return YOLOv3(body, num_classes, input_size=cfg.min_size, **common)
     extra = cfg.extra_levels or DEFAULT_EXTRA_LEVELS[cfg.detector]
     try:
         backbone = cfg.neck.build(body, cfg.fpn_channels, extra)

@@ -144,7 +144,17 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cost", help="parameters, FLOPs/MACs and latency of a model")
     c.add_argument("config", nargs="?", type=Path, help="a nasdet config (its detector)")
-    c.add_argument("--model", help="torchvision:NAME or a nasdet model file")
+    c.add_argument(
+        "--model",
+        help="torchvision:NAME, nasdet:NAME (a reference detector: yolov3_darknet53, "
+        "yolov3_mobilenetv2, ssd_mobilenetv2, retinanet_resnet50_fpn) or a nasdet model file",
+    )
+    c.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes of a torchvision:/nasdet: model, background included for detectors "
+        "(default: the builder's; COCO's 80 classes: 81 for nasdet:, torchvision's 91)",
+    )
     c.add_argument("--input", help="input size CxHxW (default: 3x224x224, or the config's size)")
     c.add_argument("--latency", action="store_true", help="measure CPU latency (torch.benchmark)")
     c.add_argument("--onnx", action="store_true", help="also time backbone+neck in onnxruntime")
@@ -289,7 +299,18 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from nasdet.errors import ConfigError
 
     if (args.config is None) == (args.model is None):
-        raise ConfigError("nasdet cost takes either a CONFIG or --model torchvision:NAME/FILE")
+        raise ConfigError(
+            "nasdet cost takes either a CONFIG or --model torchvision:NAME/nasdet:NAME/FILE"
+        )
+    if args.num_classes is not None and not (args.model or "").startswith(
+        ("torchvision:", "nasdet:")
+    ):
+        raise ConfigError(
+            "--num-classes is for --model torchvision:NAME or nasdet:NAME "
+            "(a config's or model file's classes are its own)"
+        )
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num-classes must be positive, got {args.num_classes}")
     if args.config is not None:
         from nasdet.build import build_detector, num_classes
         from nasdet.config import read_yaml
@@ -307,7 +328,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
         model = build_detector(arch, num_classes(cfg.data), load_weights=False)
         default = f"3x{arch.min_size}x{arch.min_size}"
     elif args.model.startswith("torchvision:"):
-        model, default = torchvision_model(args.model.split(":", 1)[1]), "3x224x224"
+        name = args.model.split(":", 1)[1]
+        model, default = torchvision_model(name, num_classes=args.num_classes), "3x224x224"
+    elif args.model.startswith("nasdet:"):
+        model, default = _named_model(args)
     else:
         import nasdet
 
@@ -320,6 +344,25 @@ def cmd_cost(args: argparse.Namespace) -> int:
     else:
         _print_table("cost", report)
     return 0
+
+
+def _named_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """The ``nasdet:NAME`` model of ``nasdet cost``, built for the square ``--input`` size."""
+    from nasdet.cost import parse_input_size
+    from nasdet.errors import ConfigError
+    from nasdet.models.named import build_named, default_input_size
+
+    name = args.model.split(":", 1)[1]
+    size = default_input_size(name)  # also rejects an unknown name, listing the known ones
+    if args.input is not None:
+        _, height, width = parse_input_size(args.input)
+        if height != width:
+            raise ConfigError(
+                f"--input {args.input}: nasdet:{name} is built for a square input, give CxSxS"
+            )
+        size = height
+    model = build_named(name, num_classes=args.num_classes, input_size=size)
+    return model, f"3x{size}x{size}"
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

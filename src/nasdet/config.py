@@ -217,16 +217,20 @@ _DETECTOR_FIELDS: dict[str, tuple[str, ...]] = {
 class ModelConfig(Strict, Generic[B, N]):
     """The detector: ``detector`` on ``backbone`` (a spec chosen by ``name``) with ``neck``."""
 
-    detector: Literal["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite"] = "fcos"
+    detector: Literal["fasterrcnn", "retinanet", "fcos", "ssd", "ssdlite", "yolov3"] = "fcos"
     backbone: B = Field({"name": "resnet18"}, validate_default=True)  # type: ignore[assignment]
-    fpn_channels: int = Field(64, ge=8, description="FPN width (not used by SSD)")
+    fpn_channels: int = Field(64, ge=8, description="FPN width (not used by SSD, YOLOv3)")
     neck: N = Field({"name": "fpn"}, validate_default=True)  # type: ignore[assignment]
     extra_levels: Literal["none", "pool", "p6p7"] | None = Field(
         None, description="levels added after the FPN; default: pool (Faster R-CNN), none"
     )
     ssd_extra_channels: list[int] = Field([], description="SSD extra level widths")
-    min_size: int = Field(128, ge=16, description="images are resized so the short side is this")
-    max_size: int = Field(128, ge=16)
+    min_size: int = Field(
+        128,
+        ge=16,
+        description="images are resized so the short side is this (SSD, YOLOv3: to this square)",
+    )
+    max_size: int = Field(128, ge=16, description="long-side limit (not used by SSD, YOLOv3)")
     anchor_base: float | None = Field(
         None, gt=0.0, description="anchor size = anchor_base * stride (default per detector)"
     )

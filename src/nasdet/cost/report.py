@@ -27,10 +27,11 @@ _PREFIX = "torchvision:"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+)\s*[x×]\s*(\d+)\s*$", re.IGNORECASE)
 
 
-def torchvision_model(name: str) -> nn.Module:
+def torchvision_model(name: str, *, num_classes: int | None = None) -> nn.Module:
     """Build torchvision model ``name`` with random weights (``weights=None``, never downloads).
 
-    Detection/segmentation builders also get ``weights_backbone=None``. A leading
+    Detection/segmentation builders also get ``weights_backbone=None``; ``num_classes`` (when
+    given) is passed to the builder (torchvision's detectors count the background). A leading
     ``"torchvision:"`` is accepted. Note that detectors built this way use ``BatchNorm2d`` in
     the backbone where torchvision's pretrained-backbone builds use ``FrozenBatchNorm2d``, so their
     parameter count can exceed ``meta["num_params"]`` by the BN affine parameters.
@@ -50,6 +51,8 @@ def torchvision_model(name: str) -> nn.Module:
     kwargs: dict[str, Any] = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs["weights_backbone"] = None
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     return builder(**kwargs)
 
 

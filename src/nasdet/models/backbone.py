@@ -140,13 +140,18 @@ class ExtraLevelsBackbone(nn.Module):
     """A backbone with extra stride-2 levels appended (SSD's extra feature layers).
 
     Each extra level is 1x1 conv (halve) -> 3x3 stride-2 conv, BN and ReLU, as in SSD's extras.
+    With ``depthwise`` the 3x3 conv is depthwise and a 1x1 conv to the level's width follows
+    (SSDLite's extras; MMDetection's ``SSDNeck(use_depthwise=True)``), each with BN and ReLU.
 
     Args:
         body: a backbone honouring the contract.
         extra_channels: width of each extra level; ``()`` adds none.
+        depthwise: SSDLite's depthwise-separable extras.
     """
 
-    def __init__(self, body: nn.Module, extra_channels: Sequence[int] = ()) -> None:
+    def __init__(
+        self, body: nn.Module, extra_channels: Sequence[int] = (), *, depthwise: bool = False
+    ) -> None:
         super().__init__()
         info = check_backbone(body)
         self.body = body
@@ -155,16 +160,21 @@ class ExtraLevelsBackbone(nn.Module):
         self.feature_info = list(info)
         for ch in extra_channels:
             mid = max(ch // 2, 8)
-            self.extras.append(
-                nn.Sequential(
+            if depthwise:
+                convs = [
                     nn.Conv2d(in_ch, mid, 1, bias=False),
-                    nn.BatchNorm2d(mid),
-                    nn.ReLU(inplace=True),
+                    nn.Conv2d(mid, mid, 3, stride=2, padding=1, groups=mid, bias=False),
+                    nn.Conv2d(mid, ch, 1, bias=False),
+                ]
+            else:
+                convs = [
+                    nn.Conv2d(in_ch, mid, 1, bias=False),
                     nn.Conv2d(mid, ch, 3, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(ch),
-                    nn.ReLU(inplace=True),
-                )
-            )
+                ]
+            layers: list[nn.Module] = []
+            for conv in convs:
+                layers += [conv, nn.BatchNorm2d(conv.out_channels), nn.ReLU(inplace=True)]
+            self.extras.append(nn.Sequential(*layers))
             in_ch, stride = ch, stride * 2
             self.feature_info.append(ShapeSpec(ch, stride))
         self.extra_names = [f"c{s.stride.bit_length() - 1}" for s in self.feature_info[len(info) :]]

@@ -101,10 +101,17 @@ def _mobilenet_backbone(features: nn.Sequential, levels: Sequence[int]) -> Featu
     return FeatureBackbone(features, *_select(children, levels))
 
 
-def mobilenet_v2(*, width_mult: float = 1.0, levels: Sequence[int] = (3, 4, 5)) -> FeatureBackbone:
-    """MobileNetV2 (torchvision's ``width_mult``); c5 is the final 1x1 conv (1280 x max(1, w))."""
+def mobilenet_v2(
+    *, width_mult: float = 1.0, levels: Sequence[int] = (3, 4, 5), last_conv: bool = True
+) -> FeatureBackbone:
+    """MobileNetV2 (torchvision's ``width_mult``); c5 is the final 1x1 conv (1280 x max(1, w)).
+
+    With ``last_conv=False`` that conv is dropped and c5 is the last inverted-residual block
+    (320 x w channels): levels 3, 4, 5 then have 32, 96, 320 channels, MMDetection's MobileNetV2
+    ``out_indices=(2, 4, 6)`` (its YOLOv3 configs)."""
     model = torchvision.models.mobilenet_v2(weights=None, width_mult=width_mult)
-    return _mobilenet_backbone(model.features, levels)
+    features = model.features if last_conv else model.features[:-1]
+    return _mobilenet_backbone(features, levels)
 
 
 def mobilenet_v3_large(
