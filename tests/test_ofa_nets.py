@@ -305,6 +305,13 @@ def test_re_organize_middle_weights() -> None:
     assert torch.all(importance[:-1] >= importance[1:])
 
 
+def test_hard_activations_are_ofas() -> None:
+    x = torch.linspace(-5, 5, 101)
+    relu6 = torch.nn.functional.relu6
+    torch.testing.assert_close(torch.nn.Hardswish()(x), x * relu6(x + 3.0) / 6.0)  # OFA's Hswish
+    torch.testing.assert_close(torch.nn.Hardsigmoid()(x), relu6(x + 3.0) / 6.0)  # OFA's Hsigmoid
+
+
 def test_dynamic_batchnorm_updates_the_active_channels_only() -> None:
     bn = DynamicBatchNorm2d(16).train()
     bn(torch.randn(4, 8, 5, 5) + 3.0)
@@ -377,8 +384,13 @@ def test_load_ofa_checkpoint(tmp_path: Path, older_naming: bool) -> None:
     path = tmp_path / "ofa_mbv3_d234_e346_k357_w1.0"
     wrapped = {"state_dict": state} if older_naming else state  # released files wrap it
     torch.save(wrapped, path)
-    net = OFAMobileNetV3Supernet(width_mult=1.0)
-    dropped = load_ofa_checkpoint(path, net)
+    if older_naming:
+        net = OFAMobileNetV3Supernet(width_mult=1.0)
+        dropped = load_ofa_checkpoint(path, net)
+    else:  # through the config section's pretrained_path
+        spec = OFASupernetSpec(pretrained_path=path)
+        net = spec.build()
+        dropped = spec.load_pretrained(net)
     assert sorted(dropped) == [
         "classifier.linear.bias",
         "classifier.linear.weight",
