@@ -1,8 +1,11 @@
-"""Shared fixtures: a small bundled-digits set made once per test session."""
+"""Shared fixtures: a small bundled-digits set made once per test session, a local Ray instance
+per module."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,19 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A digits detection set with 32 train and 12 val images of 96 px."""
     root = tmp_path_factory.mktemp("digits")
     return make_digits(root, train=32, val=12, size=96, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[Any]:
+    """A small local Ray instance (2 CPUs, no dashboard), shut down after the module using it."""
+    import ray
+
+    assert not ray.is_initialized(), "a previous test left Ray running"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
 
 def tiny_supernet_model() -> dict:

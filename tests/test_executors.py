@@ -102,17 +102,7 @@ def test_ray_without_a_cluster_at_auto_is_a_one_line_error(monkeypatch: pytest.M
 # -- Ray -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[Any]:
-    """A small local Ray instance (2 CPUs, no dashboard), shut down after this module."""
-    import ray
-
-    assert not ray.is_initialized(), "a previous test left Ray running"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+# ray_local: conftest.py (one local instance per module)
 
 
 def test_ray_two_workers_commit_each_outcome_to_the_store(ray_local: Any, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A task function for checking an executor: importable by name on every Ray worker.
+"""Task functions for checking an executor: importable by name on every Ray worker.
 
 Tests use it, and so can a user checking a cluster::
 
@@ -7,6 +7,8 @@ Tests use it, and so can a user checking a cluster::
 
     with RayExecutor(address="auto") as ex:
         print(list(ex.run(sleep_task, [Task(i, {"value": i}) for i in range(8)])))
+
+and for an actor executor (:mod:`nasdet.search.actors`), ``setup_actor`` and ``actor_task``.
 """
 
 from __future__ import annotations
@@ -40,4 +42,27 @@ def sleep_task(payload: dict[str, Any]) -> dict[str, Any]:
         "end": time.time(),
         "pid": os.getpid(),
         "host": socket.gethostname(),
+    }
+
+
+def setup_actor(payload: dict[str, Any]) -> dict[str, Any]:
+    """An actor's one-time setup: appends ``"<pid>\\n"`` to the file ``payload["log"]`` (if
+    given) and returns the state ``{"pid": pid, "setup_at": unix seconds}``; ``fail``: raise
+    ``ValueError``."""
+    if payload.get("fail"):
+        raise ValueError("asked to fail in setup")
+    if payload.get("log"):
+        with open(payload["log"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+    return {"pid": os.getpid(), "setup_at": time.time()}
+
+
+def actor_task(state: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """:func:`sleep_task` on an actor: its result plus ``setup_pid``, the pid its state was set up
+    in, and ``metrics: {"score": value}``."""
+    result = sleep_task(payload)
+    return {
+        **result,
+        "setup_pid": state["pid"],
+        "metrics": {"score": float(payload.get("value", 0))},
     }

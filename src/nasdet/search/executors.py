@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -75,6 +76,10 @@ class Outcome:
         error: ``"ExceptionType: message"`` on one line when failed, else ``None``.
         traceback: the full traceback text when failed (for a crashed Ray worker, Ray's error
             text), else ``None``.
+        worker: index of the worker that ran it (actor executors, see
+            :mod:`nasdet.search.actors`), else ``None``.
+        started, finished: unix time in seconds when ``fn`` started and returned, measured where
+            it ran (``None`` when it never ran, e.g. a crashed Ray worker).
     """
 
     record_id: int
@@ -82,6 +87,9 @@ class Outcome:
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
+    worker: int | None = None
+    started: float | None = None
+    finished: float | None = None
 
 
 def error_line(exc: BaseException) -> str:
@@ -91,18 +99,32 @@ def error_line(exc: BaseException) -> str:
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-def _call(fn: TaskFn, task: Task) -> Outcome:
-    """Run ``fn`` on a task; its outcome, with the traceback text when it failed."""
+def call_timed(fn: Callable[[dict[str, Any]], Any], task: Task, worker: int | None) -> Outcome:
+    """Run ``fn(payload)`` on a task where the worker runs; its outcome, timed (``started``,
+    ``finished``: :func:`time.time` around the call), with the traceback text when it failed."""
+    started = time.time()
     try:
         result = fn(dict(task.payload))
         if not isinstance(result, Mapping):
             raise TypeError(f"the task function returned {type(result).__name__}, not a dict")
-        return Outcome(task.record_id, True, dict(result))
+        return Outcome(
+            task.record_id, True, dict(result), worker=worker, started=started, finished=time.time()
+        )
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate is its outcome
-        return Outcome(task.record_id, False, {}, error_line(exc), traceback.format_exc())
+        return Outcome(
+            task.record_id,
+            False,
+            {},
+            error_line(exc),
+            traceback.format_exc(),
+            worker=worker,
+            started=started,
+            finished=time.time(),
+        )
 
 
-def _log_failure(outcome: Outcome) -> None:
+def log_failure(outcome: Outcome) -> None:
+    """Log a failed outcome: a warning line, and its traceback at DEBUG level."""
     logger.warning("record %d failed: %s", outcome.record_id, outcome.error)
     if outcome.traceback:
         logger.debug("record %d traceback:\n%s", outcome.record_id, outcome.traceback)
@@ -151,15 +173,15 @@ class InProcessExecutor(Executor):
     def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
         """See :meth:`Executor.run`; tasks run in order, each outcome before the next pull."""
         for task in tasks:
-            outcome = _call(fn, task)
+            outcome = call_timed(fn, task, None)
             if not outcome.ok:
-                _log_failure(outcome)
+                log_failure(outcome)
             yield outcome
 
 
 def _ray_call(fn: TaskFn, task: Task) -> Outcome:
-    """The Ray task: :func:`_call` on a worker (module level, so workers import it by name)."""
-    return _call(fn, task)
+    """The Ray task: :func:`call_timed` on a worker (module level, so workers import it by name)."""
+    return call_timed(fn, task, None)
 
 
 def _import_ray() -> Any:
@@ -170,6 +192,36 @@ def _import_ray() -> Any:
             "executor 'ray' needs the ray package: pip install 'ray[default]'"
         ) from None
     return ray
+
+
+def start_ray(address: str | None, runtime_env: dict[str, Any] | None) -> tuple[Any, bool]:
+    """The ``ray`` module, initialised: the instance already running in this process if there is
+    one, else a new local instance (no dashboard) or the cluster at ``address``.
+
+    Returns:
+        ``(ray, started)``: ``started`` is ``True`` when this call initialised Ray (then
+        ``runtime_env`` went to ``ray.init``; otherwise it was not used).
+
+    Raises:
+        ConfigError: ray is not installed.
+        NasdetError: the cluster at ``address`` cannot be reached.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        logger.info("using the Ray instance already initialised in this process")
+        return ray, False
+    where = address or "a local instance"
+    try:
+        local = {} if address else {"include_dashboard": False}  # no web UI to start
+        ray.init(address=address, runtime_env=runtime_env, **local)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        reason = error_line(exc).rstrip(".")
+        raise NasdetError(
+            f"executor: cannot start or reach Ray at {where}: {reason}; start a cluster "
+            "with 'ray start --head' or fix the executor address"
+        ) from None
+    logger.info("Ray started at %s", where)
+    return ray, True
 
 
 class RayExecutor(Executor):
@@ -213,28 +265,11 @@ class RayExecutor(Executor):
             )
         if max_workers is not None and max_workers < 1:
             raise ConfigError(f"executor: max_workers must be >= 1, got {max_workers}")
-        self._ray = ray = _import_ray()
         self.num_cpus_per_task = float(num_cpus_per_task)
         self.num_gpus_per_task = float(num_gpus_per_task)
         self.max_retries = int(max_retries)
-        self._task_runtime_env: dict[str, Any] | None = None
-        self._started = False
-        if ray.is_initialized():
-            logger.info("using the Ray instance already initialised in this process")
-            self._task_runtime_env = runtime_env
-        else:
-            where = address or "a local instance"
-            try:
-                local = {} if address else {"include_dashboard": False}  # no web UI to start
-                ray.init(address=address, runtime_env=runtime_env, **local)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                reason = error_line(exc).rstrip(".")
-                raise NasdetError(
-                    f"executor: cannot start or reach Ray at {where}: {reason}; start a cluster "
-                    "with 'ray start --head' or fix the executor address"
-                ) from None
-            self._started = True
-            logger.info("Ray started at %s", where)
+        self._ray, self._started = start_ray(address, runtime_env)
+        self._task_runtime_env = None if self._started else runtime_env
         self.max_workers = max_workers or self._default_max_workers()
         logger.info(
             "Ray executor: %d worker(s), %g CPU and %g GPU per task",
@@ -316,7 +351,7 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as exc:  # worker crash, lost object, cancelled...
             outcome = Outcome(task.record_id, False, {}, error_line(exc), str(exc))
         if not outcome.ok:
-            _log_failure(outcome)
+            log_failure(outcome)
         return outcome
 
     def close(self) -> None:

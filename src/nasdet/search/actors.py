@@ -1,0 +1,387 @@
+"""Actor executors: workers that set up once (load a supernet) and then score many candidates.
+
+An :class:`Executor` runs a stateless ``fn(payload)`` per task; a supernet-based search
+(Once-for-All, aw_nas's ``trainer_cfg.parallelism``) wants each worker to load the supernet
+once and keep it. An :class:`ActorExecutor` does that: each of its ``max_workers`` workers
+runs ``state = setup(setup_payload)`` once, then ``fn(state, payload)`` for each task it is
+given::
+
+    with RayActorExecutor(4, setup=load_supernet, setup_payload={"weights": path}) as executor:
+        for outcome in executor.run(score_subnet, tasks):
+            ...  # commit outcome; the freed actor gets the next task of ``tasks`` meanwhile
+
+:meth:`ActorExecutor.run` has :meth:`Executor.run`'s contract (lazy task pulling, one in flight
+per worker, outcomes as they finish, an exception in ``fn`` is a failed outcome) and each
+:class:`Outcome` carries ``worker`` (the worker's index, 0 to ``max_workers - 1``) and
+``started``/``finished`` (unix seconds, measured inside the worker around ``fn``), from which
+:func:`worker_summary` tells busy time from idle gaps.
+
+An exception in ``setup`` is not a candidate's failure: it propagates from :meth:`run` (from a
+Ray actor, a :class:`~nasdet.errors.NasdetError` as itself, anything else as
+:class:`~nasdet.errors.WorkFailed` naming it; the traceback is logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Self
+
+from nasdet.errors import ConfigError, NasdetError, WorkFailed
+from nasdet.search.executors import Outcome, Task, call_timed, error_line, log_failure, start_ray
+
+__all__ = [
+    "ActorExecutor",
+    "ActorFn",
+    "InProcessActorExecutor",
+    "RayActorExecutor",
+    "SetupFn",
+    "worker_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+SetupFn = Callable[[dict[str, Any]], Any]
+ActorFn = Callable[[Any, dict[str, Any]], dict[str, Any]]
+
+
+class ActorExecutor(ABC):
+    """Runs ``fn(state, payload)`` on many tasks with :attr:`max_workers` long-lived workers, each
+    holding the ``state`` its one-time ``setup`` returned. Use as a context manager (or call
+    :meth:`close`) to release the workers."""
+
+    max_workers: int
+
+    @abstractmethod
+    def run(self, fn: ActorFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """Evaluate ``fn(state, task.payload)`` for every task; yield outcomes as they finish.
+
+        Exactly one task is in flight per worker while ``tasks`` lasts; the next task is pulled
+        for a worker only after the caller has seen the outcome that freed it, so ``tasks`` may be
+        a generator that chooses its next candidate from the record store. Closing the iterator
+        early stops the tasks in flight (Ray: their actors are killed and replaced on the next
+        run).
+        """
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release the workers; the executor is not used afterwards."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class InProcessActorExecutor(ActorExecutor):
+    """One worker (index 0) in the calling process: ``setup`` runs at the first :meth:`run`,
+    its state is kept for later runs, tasks run one after another."""
+
+    def __init__(self, setup: SetupFn | None = None, setup_payload: dict[str, Any] | None = None):
+        self.max_workers = 1
+        self._setup = setup
+        self._setup_payload = dict(setup_payload or {})
+        self._state: Any = None
+        self._ready = setup is None
+
+    def run(self, fn: ActorFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """See :meth:`ActorExecutor.run`."""
+        for task in tasks:
+            if not self._ready:
+                self._state = self._setup(dict(self._setup_payload)) if self._setup else None
+                self._ready = True
+            outcome = call_timed(functools.partial(fn, self._state), task, 0)
+            if not outcome.ok:
+                log_failure(outcome)
+            yield outcome
+
+
+class _ActorWorker:
+    """The body of one Ray actor (wrapped by ``ray.remote`` when the executor starts)."""
+
+    def __init__(
+        self,
+        index: int,
+        setup: SetupFn | None,
+        payload: dict[str, Any],
+        threads: int,
+        gpu: int | None,
+    ) -> None:
+        self.index, self.threads, self.gpu = index, threads, gpu
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch if setup imports it
+        self._pin()
+        self.failure: tuple[str, str, BaseException | None] | None = None
+        self.state: Any = None
+        try:
+            self.state = setup(payload) if setup else None
+        except Exception as exc:  # noqa: BLE001 - reported by ready(), raised by the driver
+            self.failure = (error_line(exc), traceback.format_exc(), _picklable(exc))
+        self._threads()
+
+    def _pin(self) -> None:
+        """Show this actor only its own GPU (before CUDA starts; again before each task, as Ray
+        may restore the variable between calls)."""
+        if self.gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+
+    def _threads(self) -> None:
+        torch = sys.modules.get("torch")  # set only if imported: importing it costs seconds
+        if torch is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def ready(self) -> tuple[int, tuple[str, str, BaseException | None] | None]:
+        """``(pid, None)`` once set up, ``(pid, (error line, traceback, exception))`` if setup
+        failed."""
+        return os.getpid(), self.failure
+
+    def score(self, fn: ActorFn, task: Task) -> Outcome:
+        self._pin()
+        self._threads()
+        if self.failure is not None:
+            return Outcome(task.record_id, False, {}, self.failure[0], self.failure[1], self.index)
+        return call_timed(functools.partial(fn, self.state), task, self.index)
+
+
+def _picklable(exc: BaseException) -> BaseException | None:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - some exceptions do not survive pickling
+        return None
+    return exc
+
+
+class RayActorExecutor(ActorExecutor):
+    """``num_actors`` Ray actors, each set up once, scoring one task at a time.
+
+    Args:
+        num_actors: workers (aw_nas ``trainer_cfg.parallelism``); :attr:`max_workers`.
+        setup: ``setup(setup_payload) -> state``, run once in each actor (load the supernet);
+            ``None``: the state is ``None``. Module level (importable by name on the workers).
+        setup_payload: plain data ``setup`` needs (paths, config dict).
+        num_cpus_per_actor: Ray CPUs each actor reserves; default: the cluster's CPUs divided by
+            ``num_actors``, so the actors share the cores. Each actor sets ``OMP_NUM_THREADS``
+            before ``setup`` and ``torch.set_num_threads`` (once torch is imported) to
+            ``max(1, floor(num_cpus_per_actor))``, i.e. ``cores // num_actors`` by default.
+        num_gpus_per_actor: Ray GPUs each actor reserves (fractions allowed; Ray then sets
+            ``CUDA_VISIBLE_DEVICES``).
+        gpu_ids: aw_nas ``dispatcher_cfg.gpu_ids``: when given and the cluster has GPUs, actor
+            ``i`` sees only GPU ``gpu_ids[i % len(gpu_ids)]`` (its ``CUDA_VISIBLE_DEVICES`` is set
+            before ``setup`` and before each task; ids are those of the actor's node, so meant
+            for one machine). Ignored, with a warning, when the cluster has no GPU.
+        address, runtime_env: as for :class:`~nasdet.search.executors.RayExecutor`.
+
+    A dead actor (crash, killed, node lost) gives a failed outcome for its task and is replaced
+    by a new one (set up again). Actors are created at once, so setup runs while the driver
+    prepares the first tasks; the first task goes to whichever actor is ready first.
+
+    Raises:
+        ConfigError: ray is not installed, a count is out of range, or the actors need more CPUs
+            or GPUs than the cluster has.
+        NasdetError: the cluster at ``address`` cannot be reached.
+    """
+
+    def __init__(
+        self,
+        num_actors: int,
+        setup: SetupFn | None = None,
+        setup_payload: dict[str, Any] | None = None,
+        *,
+        num_cpus_per_actor: float | None = None,
+        num_gpus_per_actor: float = 0,
+        gpu_ids: Sequence[int] | None = None,
+        address: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+    ) -> None:
+        if num_actors < 1:
+            raise ConfigError(f"executor: num_actors must be >= 1, got {num_actors}")
+        if (num_cpus_per_actor is not None and num_cpus_per_actor < 0) or num_gpus_per_actor < 0:
+            raise ConfigError(
+                "executor: num_cpus_per_actor and num_gpus_per_actor must be >= 0, got "
+                f"{num_cpus_per_actor}, {num_gpus_per_actor}"
+            )
+        _check_module_level(setup, "setup")
+        self.max_workers = int(num_actors)
+        self._setup, self._setup_payload = setup, dict(setup_payload or {})
+        self._ray, self._started = start_ray(address, runtime_env)
+        resources = self._ray.cluster_resources()
+        cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+        self.num_cpus_per_actor = (
+            cpus / num_actors if num_cpus_per_actor is None else float(num_cpus_per_actor)
+        )
+        self.num_gpus_per_actor = float(num_gpus_per_actor)
+        if num_actors * self.num_cpus_per_actor > cpus + 1e-9 or num_gpus_per_actor > gpus:
+            raise ConfigError(
+                f"executor: {num_actors} actors with {self.num_cpus_per_actor:g} CPU and "
+                f"{num_gpus_per_actor:g} GPU each do not fit the Ray cluster ({cpus:g} CPUs, "
+                f"{gpus:g} GPUs); lower num_actors or the per-actor resources"
+            )
+        self.gpu_ids = list(gpu_ids) if gpu_ids and gpus > 0 else None
+        if gpu_ids and gpus == 0:
+            logger.warning("gpu_ids %s ignored: the Ray cluster has no GPU", list(gpu_ids))
+        self.threads = max(1, int(self.num_cpus_per_actor))
+        self._actors: list[Any] = [None] * num_actors
+        self._ready: set[int] = set()
+        for i in range(num_actors):
+            self._spawn(i)
+        logger.info(
+            "Ray actor executor: %d actor(s), %g CPU (%d torch thread(s)) and %g GPU each%s",
+            num_actors,
+            self.num_cpus_per_actor,
+            self.threads,
+            self.num_gpus_per_actor,
+            f", GPUs {self.gpu_ids}" if self.gpu_ids else "",
+        )
+
+    def _spawn(self, i: int) -> None:
+        gpu = self.gpu_ids[i % len(self.gpu_ids)] if self.gpu_ids else None
+        remote = self._ray.remote(_ActorWorker).options(
+            num_cpus=self.num_cpus_per_actor, num_gpus=self.num_gpus_per_actor, max_restarts=0
+        )
+        self._actors[i] = remote.remote(i, self._setup, self._setup_payload, self.threads, gpu)
+        self._ready.discard(i)
+
+    def _kill(self, i: int) -> None:
+        if self._actors[i] is not None:
+            self._ray.kill(self._actors[i], no_restart=True)
+        self._actors[i] = None
+        self._ready.discard(i)
+
+    def run(self, fn: ActorFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """See :meth:`ActorExecutor.run`. ``fn`` must be module level (importable by name).
+
+        Raises:
+            TypeError: ``fn`` is a lambda or a nested function.
+            RuntimeError: the executor is closed.
+        """
+        if not self._ray.is_initialized() or not self._actors:
+            raise RuntimeError("this RayActorExecutor is closed")
+        _check_module_level(fn, "the task function")
+        return self._run(fn, iter(tasks))
+
+    def _run(self, fn: ActorFn, task_iter: Iterator[Task]) -> Iterator[Outcome]:
+        ray = self._ray
+        fn_ref = ray.put(fn)  # pickled once, resolved by each call
+        pending: dict[Any, tuple[int, Task | None]] = {}  # ref -> (actor, task; None: ready())
+        exhausted = False
+
+        def dispatch(i: int) -> None:
+            nonlocal exhausted
+            task = None if exhausted else next(task_iter, None)
+            if task is None:
+                exhausted = True
+                return
+            pending[self._actors[i].score.remote(fn_ref, task)] = (i, task)
+
+        def probe(i: int) -> None:
+            if self._actors[i] is None:
+                self._spawn(i)
+            pending[self._actors[i].ready.remote()] = (i, None)
+
+        try:
+            for i in range(self.max_workers):
+                dispatch(i) if i in self._ready else probe(i)
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                i, task = pending.pop(ref)
+                if task is None:
+                    self._check_ready(ref, i)
+                    dispatch(i)
+                    continue
+                outcome, died = self._collect(ref, i, task)
+                yield outcome  # the caller commits it before the freed actor gets a new task
+                if died:
+                    self._kill(i)
+                    if not exhausted:
+                        probe(i)
+                else:
+                    dispatch(i)
+        finally:
+            for _ref, (i, task) in pending.items():  # the caller stopped early, or an error
+                if task is not None:
+                    logger.warning(
+                        "stopping record %d, still running on actor %d", task.record_id, i
+                    )
+                    self._kill(i)  # actor tasks cannot be cancelled by force: replaced next run
+
+    def _check_ready(self, ref: Any, i: int) -> None:
+        ray = self._ray
+        try:
+            pid, failure = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            self._kill(i)
+            raise WorkFailed(f"executor: actor {i} could not start: {error_line(exc)}") from None
+        if failure is not None:
+            line, text, exc = failure
+            logger.error("setup of actor %d failed:\n%s", i, text.rstrip())
+            self._kill(i)
+            if isinstance(exc, NasdetError):
+                raise exc
+            raise WorkFailed(f"executor: setup of actor {i} failed: {line}")
+        self._ready.add(i)
+        logger.info("actor %d (pid %d) is set up", i, pid)
+
+    def _collect(self, ref: Any, i: int, task: Task) -> tuple[Outcome, bool]:
+        """The task's outcome, and whether its actor died."""
+        ray = self._ray
+        try:
+            outcome, died = ray.get(ref), False
+        except ray.exceptions.RayActorError as exc:  # the actor died: replaced
+            outcome, died = Outcome(task.record_id, False, {}, error_line(exc), str(exc), i), True
+        except ray.exceptions.RayError as exc:  # lost object, cancelled...
+            outcome, died = Outcome(task.record_id, False, {}, error_line(exc), str(exc), i), False
+        if not outcome.ok:
+            log_failure(outcome)
+        return outcome, died
+
+    def close(self) -> None:
+        """Kill the actors; shut Ray down if this executor started it."""
+        if self._ray.is_initialized():
+            for i in range(len(self._actors)):
+                self._kill(i)
+        self._actors = []
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            logger.info("Ray shut down")
+        self._started = False
+
+
+def _check_module_level(fn: Callable[..., Any] | None, what: str) -> None:
+    name = getattr(fn, "__qualname__", "") if fn is not None else ""
+    if "<" in name:  # <lambda>, f.<locals>.g
+        raise TypeError(
+            f"RayActorExecutor needs a module-level {what}, got {name!r}; define it at the top "
+            "level of an importable module"
+        )
+
+
+def worker_summary(outcomes: Iterable[Outcome]) -> dict[int, dict[str, float]]:
+    """Per worker index, from the outcomes' ``started``/``finished`` (unix seconds; outcomes
+    without them are left out): ``tasks``; ``busy_s``, the seconds inside the task function;
+    ``idle_s`` and ``max_gap_s``, the total and longest gap between one task's end and the
+    worker's next start (commit, proposal and dispatch: the time a worker waits); ``span_s``,
+    first start to last end."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for o in outcomes:
+        if o.started is not None and o.finished is not None:
+            spans.setdefault(-1 if o.worker is None else o.worker, []).append(
+                (o.started, o.finished)
+            )
+    out: dict[int, dict[str, float]] = {}
+    for worker, times in sorted(spans.items()):
+        times.sort()
+        gaps = [max(0.0, s - f) for (_, f), (s, _) in zip(times, times[1:], strict=False)]
+        out[worker] = {
+            "tasks": len(times),
+            "busy_s": sum(f - s for s, f in times),
+            "idle_s": sum(gaps),
+            "max_gap_s": max(gaps, default=0.0),
+            "span_s": times[-1][1] - times[0][0],
+        }
+    return out
