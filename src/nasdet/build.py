@@ -50,6 +50,8 @@ def build_backbone(cfg: BackboneSpec, *, load_weights: bool = True) -> nn.Module
         body = cfg.build()
     except ValueError as e:  # a structure the builder refuses: the key is the section's
         raise ConfigError(f"model.backbone ({cfg.name}): {e}") from None
+    if load_weights:
+        cfg.load_pretrained(body)
     if load_weights and cfg.weights is not None:
         load_backbone_weights(body, cfg.weights)
     return body

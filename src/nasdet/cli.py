@@ -171,8 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("checkpoint", type=Path)
     v.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
-    v.add_argument("--min-size", type=int, default=800)
-    v.add_argument("--max-size", type=int, default=1333)
+    v.add_argument("--min-size", type=int, help="input size (default: the converter's)")
+    v.add_argument("--max-size", type=int)
+    v.add_argument("--num-classes", type=int, help="classes with background (ofa-mbv3: 21)")
     v.set_defaults(func=cmd_convert)
 
     x = sub.add_parser("export", help="a standalone subnet of a supernet model file")
@@ -369,9 +370,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from nasdet.methods import METHODS
 
     converter = next(m.converters[args.kind] for m in METHODS.values() if args.kind in m.converters)
-    print(
-        converter.convert(args.checkpoint, args.out, min_size=args.min_size, max_size=args.max_size)
-    )
+    given = {"min_size": args.min_size, "max_size": args.max_size, "num_classes": args.num_classes}
+    print(converter.convert(args.checkpoint, args.out, **{k: v for k, v in given.items() if v}))
     return 0
 
 

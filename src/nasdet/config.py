@@ -118,6 +118,12 @@ class BackboneSpec(Strict):
     def build(self) -> nn.Module:
         """The backbone body (nasdet's backbone contract: ``feature_info``, ordered levels)."""
 
+    def load_pretrained(self, body: nn.Module) -> Any:
+        """Load a peer's checkpoint the section names into a built body (e.g. OFA's
+        ``pretrained_path``); nothing by default. :func:`nasdet.build.build_backbone` calls it
+        before ``weights``, only when weights are loaded (a model file rebuilds without it)."""
+        return None
+
 
 class SupernetSpec(BackboneSpec):
     """A backbone section that builds a weight-sharing supernet (the supernet protocol of

@@ -21,7 +21,7 @@ from torchvision.models.detection import FasterRCNN
 
 from nasdet.build import build_detector
 from nasdet.cost import count_params
-from nasdet.errors import CheckpointError
+from nasdet.errors import CheckpointError, ConfigError
 from nasdet.methods.spnas.config import Model
 from nasdet.methods.spnas.space import BlockType, SerialCode
 from nasdet.models.io import load_state_dict_checked, read_weights, save_model
@@ -183,8 +183,13 @@ def coco_categories(num_classes: int) -> tuple[list[str], list[int]]:
     return names, list(range(1, num_classes))
 
 
-def convert_command(checkpoint: Path, out: Path, *, min_size: int, max_size: int) -> str:
-    """``nasdet convert torchvision-fasterrcnn``: write ``out``; one line saying what it wrote."""
+def convert_command(
+    checkpoint: Path, out: Path, *, min_size: int = 800, max_size: int = 1333, **unused: Any
+) -> str:
+    """``nasdet convert torchvision-fasterrcnn``: write ``out``; one line saying what it wrote.
+    ``--num-classes`` does not apply: the checkpoint has its own."""
+    if unused.get("num_classes"):
+        raise ConfigError("--num-classes: torchvision-fasterrcnn keeps its checkpoint's classes")
     model, arch = convert_torchvision_fasterrcnn(checkpoint, min_size=min_size, max_size=max_size)
     categories, cat_ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
     path = save_model(
