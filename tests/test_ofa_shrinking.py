@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
@@ -451,3 +452,16 @@ def test_trainer_fit_with_the_hook_reaches_every_parameter(tmp_path: Path) -> No
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert all(p.grad.abs().sum() > 0 for p in body.parameters())
+
+
+def test_aw_nas_width_choice_is_the_expand_choice() -> None:
+    cfg = ScheduleCfg.model_validate(
+        {"width_choice": {"type": "value", "boundary": [1, 161, 241],
+                          "value": [[6], [6, 4], [6, 4, 3]]}}  # fmt: skip
+    )
+    assert cfg.choices_at(200)["e"] == [6, 4]
+    with pytest.raises(ValidationError, match="set one"):
+        ScheduleCfg.model_validate(
+            {"width_choice": {"boundary": [1], "value": [[6]]},
+             "expand_choice": {"boundary": [1], "value": [[6]]}}  # fmt: skip
+        )

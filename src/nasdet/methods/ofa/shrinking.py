@@ -19,9 +19,9 @@ import bisect
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from nasdet.config import Strict
 from nasdet.errors import ConfigError
@@ -81,8 +81,18 @@ class ScheduleCfg(Strict):
     """Progressive shrinking of the three elastic dimensions (``None``: always the full list)."""
 
     kernel_choice: ChoiceSchedule | None = None
-    expand_choice: ChoiceSchedule | None = None
+    expand_choice: ChoiceSchedule | None = Field(None, description="aw_nas: width_choice")
     depth_choice: ChoiceSchedule | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _width_choice(cls, data: Any) -> Any:
+        """aw_nas's examples name the expand choice ``width_choice``: accept it as is."""
+        if isinstance(data, dict) and "width_choice" in data:
+            if "expand_choice" in data:
+                raise ValueError("width_choice is aw_nas's name for expand_choice: set one")
+            data = {("expand_choice" if k == "width_choice" else k): v for k, v in data.items()}
+        return data
 
     def choices_at(self, epoch: int) -> dict[str, list[int] | None]:
         """``set_choices`` keyword arguments for ``epoch`` (1-based): ``ks``, ``e``, ``d``, each
