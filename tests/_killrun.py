@@ -28,7 +28,7 @@ from nasdet.search.records import RecordStore
 
 POLL_S = 0.005
 # what a record may hold that depends on the clock, not on the computation
-VOLATILE_EXTRA = ("train_seconds", "traceback")
+VOLATILE_EXTRA = ("train_seconds", "traceback", "eval_started", "eval_finished", "actor")
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,36 @@ def detnas_config(out: Path, cls_root: Path) -> dict:
     return cfg
 
 
+def ofa_config(out: Path) -> dict:
+    cfg = _tiny(out)
+    cfg["method"] = "ofa"
+    cfg["model"] = {
+        "detector": "ssdlite",
+        "backbone": {"name": "ofa_supernet", "width_mult": 0.25, "levels": [4, 5]},
+        "ssd_extra_channels": [32],
+        "min_size": 64,
+        "max_size": 64,
+    }
+    cfg["supernet_train"] = {
+        "epochs": 2,  # a kill between its epochs resumes a checkpoint (and the re-ordering)
+        "search_space_cfg": {
+            "schedule_cfg": {
+                "kernel_choice": {"boundary": [1, 2], "value": [[7], [7, 5, 3]]},
+                "expand_choice": {"boundary": [1, 2], "value": [[6], [6, 4, 3]]},
+            }
+        },
+        "evaluator_cfg": {"batch_size": 8, "data_portion": [0.0, 0.75, 0.25]},
+        "num_random": 1,
+    }
+    cfg["search"] = {
+        "trainer_cfg": {"num_epochs": 1, "parallelism": 1},
+        "population_size": 4,
+        "calibrate_samples": 8,
+    }
+    cfg["final_train"] = {"final_trainer_cfg": {"epochs": 1}, "baseline": "uniform"}
+    return cfg
+
+
 def start_params(cfg: dict, tmp_path: Path) -> float:
     """The parameters of an SP-NAS run's starting architecture as its cost check counts them
     (the whole detector)."""
@@ -188,4 +218,18 @@ def test_detnas_resume_after_kills_is_exact(tmp_path: Path, cls_root: Path) -> N
     store = RecordStore(ref / "records.sqlite")
     generations = [r.extra["generation"] for r in store.records("evolution_search")]
     assert generations == [0] * 4 + [1] * 4, generations
+    store.close()
+
+
+def test_ofa_resume_after_kills_is_exact(tmp_path: Path) -> None:
+    """The asynchronous search with one worker resumes exactly: same proposals, same scores."""
+    points = [
+        KillPoint("between the supernet's epochs", (r"== step supernet_train ==", r"epoch 1/2 ")),
+        KillPoint("scoring the population", (r"== step search ==", r"search #\d+ \S+ done")),
+        KillPoint("scoring the children", (r"search #5 \S+ done",)),
+    ]
+    ref = kill_and_compare(tmp_path, ofa_config, points)
+    store = RecordStore(ref / "records.sqlite")
+    assert len(store.records("search", status="done")) == 4 + 3
+    assert {r.extra["role"] for r in store.records("final_train")} == {"searched", "baseline"}
     store.close()
