@@ -6,8 +6,9 @@ Parts (all by default; each resumes where it stopped):
 
 - ``pipeline``: ``nasdet run configs/ofa_ssd_digits.yaml`` (target <= 30 min on 2 CPU cores);
 - ``standalone``: >= 10 subnets spread over FLOPs (the largest, the smallest and random subnets
-  at evenly spaced FLOPs) trained stand-alone from scratch for the supernet's epochs on the
+  at evenly spaced FLOPs) trained stand-alone from scratch for ``--rank-epochs`` on the
   supernet's training images, 2 seeds each, scored on val (two processes of one thread each);
+  and the largest and smallest trained for the supernet's epochs (the shrinking check);
 - ``async``: the search step alone with ``parallelism`` 1 and 2 (Ray actors), same budget:
   candidates per minute and each worker's idle time between candidates;
 - ``result``: the searched subnet and the hand-designed net (kernel 3, expand 4, depth 3) of
@@ -44,8 +45,20 @@ from nasdet.search.records import RecordStore
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ranking_set(cfg: Any, n: int = 10, pool: int = 200, seed: int = 0) -> list[OFAGenotype]:
-    """The largest, the smallest and ``n - 2`` random subnets at evenly spaced FLOPs."""
+def ranking_set(
+    cfg: Any, cache: Path, n: int = 10, pool: int = 60, seed: int = 0
+) -> list[OFAGenotype]:
+    """The largest, the smallest and ``n - 2`` of ``pool`` random subnets at evenly spaced FLOPs
+    (kept in ``cache``)."""
+    if cache.is_file():
+        return [OFAGenotype.parse(t) for t in json.loads(cache.read_text())]
+    found = _ranking_set(cfg, n, pool, seed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps([str(g) for g in found]))
+    return found
+
+
+def _ranking_set(cfg: Any, n: int, pool: int, seed: int) -> list[OFAGenotype]:
     space = evolve.space_of(cfg)
     cost = SubnetCost(cfg.model, 11, Constraints(), cfg.model.min_size, cfg.train.batch_size)
     rng = random.Random(seed)
@@ -132,7 +145,7 @@ def async_scaling(cfg: Any, supernet: Path, runs: Path, workers: int, budget: in
             "trainer_cfg": cfg.search.trainer_cfg.model_copy(
                 update={"parallelism": workers, "num_epochs": 1}
             ),
-            "executor": "ray" if workers > 1 else "inprocess",
+            "executor": "ray",  # one actor for parallelism 1 too: the same overhead
             "population_size": pop,
         }
     )
@@ -163,11 +176,13 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "benchmarks")
     p.add_argument("--parts", default="pipeline,standalone,async,result,report")
     p.add_argument("--budget", type=int, default=12, help="evaluations of the async benchmark")
+    p.add_argument("--rank-epochs", type=int, default=4, help="stand-alone epochs of the ranking")
+    p.add_argument("--run-dir", type=Path, help="the pipeline's run (default RUNS/ofa_digits)")
     p.add_argument("--out", type=Path, help="write the markdown here")
     args = p.parse_args()
     parts = args.parts.split(",")
     cfg = load_run_config(args.config)
-    run_dir = args.runs / "ofa_digits"
+    run_dir = args.run_dir or args.runs / "ofa_digits"
     timing = run_dir / "benchmark_time.json"
     if "pipeline" in parts:
         from nasdet.pipeline import run_pipeline
@@ -178,13 +193,26 @@ def main() -> None:
             timing.write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60}))
     supernet = run_dir / "output" / "supernet_train" / "supernet.pth"
     epochs = cfg.supernet_epochs
-    genotypes = ranking_set(cfg)
-    jobs = [
+    genotypes = ranking_set(cfg, args.runs / "ofa_ranking_set.json")
+    shrink_jobs = [
         subnet_job(
             cfg,
             g,
             seed,
             epochs,
+            args.runs,
+            search_fraction=cfg.data.search_fraction,
+            tag="ofa_shrink",
+        )
+        for g in genotypes[:2]
+        for seed in (0, 1)
+    ]
+    jobs = [
+        subnet_job(
+            cfg,
+            g,
+            seed,
+            args.rank_epochs,
             args.runs,
             search_fraction=cfg.data.search_fraction,
             tag="ofa_standalone",
@@ -210,7 +238,7 @@ def main() -> None:
         for seed in (1, 2)
     ]
     if "standalone" in parts:
-        run_jobs(jobs)
+        run_jobs(shrink_jobs + jobs)
     if "result" in parts:
         run_jobs(result_jobs)
     scaling = []
@@ -218,11 +246,13 @@ def main() -> None:
         scaling = [async_scaling(cfg, supernet, args.runs, w, args.budget) for w in (1, 2)]
     if "report" not in parts:
         return
-    trained = run_jobs(jobs)  # results only: every job is done by now
+    trained = run_jobs(jobs + shrink_jobs)  # results only: every job is done by now
     results = run_jobs(result_jobs)
     estimates = supernet_estimates(cfg, supernet, genotypes)
     cost = SubnetCost(cfg.model, 11, Constraints(), cfg.model.min_size, cfg.train.batch_size)
-    text = markdown(cfg, genotypes, estimates, trained, results, finals, scaling, cost, timing)
+    text = markdown(
+        cfg, genotypes, estimates, trained, results, finals, scaling, cost, timing, args.rank_epochs
+    )
     print(text)
     if args.out:
         write_fragment(args.out, text)
@@ -233,7 +263,9 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
 
 
-def markdown(cfg, genotypes, estimates, trained, results, finals, scaling, cost, timing) -> str:
+def markdown(
+    cfg, genotypes, estimates, trained, results, finals, scaling, cost, timing, rank_epochs
+) -> str:
     from scipy.stats import kendalltau
 
     size = cfg.model.min_size
@@ -258,9 +290,10 @@ def markdown(cfg, genotypes, estimates, trained, results, finals, scaling, cost,
         "|---|---:|---:|---:|",
     ]
     for name, g in (("largest", genotypes[0]), ("smallest", genotypes[1])):
-        sup, mean = estimates[str(g)]["val"], statistics.mean(alone[str(g)])
+        full = [trained[f"ofa_shrink|{g}|{s}"]["metrics"]["mAP"] for s in (0, 1)]
+        sup, mean = estimates[str(g)]["val"], statistics.mean(full)
         gap = (sup - mean) / mean if mean else float("nan")
-        shrink.append(f"| {name} `{g}` | {sup:.3f} | {_mean_sd(alone[str(g)])} | {gap:+.1%} |")
+        shrink.append(f"| {name} `{g}` | {sup:.3f} | {_mean_sd(full)} | {gap:+.1%} |")
     res = ["| model | genotype | MFLOPs | params | val mAP (3 seeds) |", "|---|---|---:|---:|---:|"]
     for role, label in (("searched", "OFA searched"), ("baseline", "hand-designed k3/e4/d3")):
         if role not in finals:
@@ -291,7 +324,7 @@ def markdown(cfg, genotypes, estimates, trained, results, finals, scaling, cost,
     ]
     lines += [
         f"**Ranking**: Kendall tau between supernet-estimated mAP and stand-alone mAP "
-        f"({cfg.supernet_epochs} epochs from scratch, mean of 2 seeds) over {len(genotypes)} "
+        f"({rank_epochs} epochs from scratch, mean of 2 seeds) over {len(genotypes)} "
         f"subnets: **tau = {tau:.2f}** (target >= 0.7).",
         "",
         *rows,
@@ -300,7 +333,7 @@ def markdown(cfg, genotypes, estimates, trained, results, finals, scaling, cost,
     lines += [
         "**Shrinking works**: the largest and smallest subnets taken from the supernet (BN "
         "recalibrated, no fine-tuning) vs the same trained stand-alone for the supernet's "
-        "epochs (target: within 10 % relative mAP):",
+        f"{cfg.supernet_epochs} epochs, 2 seeds (target: within 10 % relative mAP):",
         "",
         *shrink,
         "",
