@@ -1,0 +1,1 @@
+"""Latency-constrained search from a user's baseline detector (ENOT's flow)."""
