@@ -167,9 +167,13 @@ def cached_table(
         return LatencyTable(**cache[key])
     lut = build_table(detector, resolution, kind, min_run_time=min_run_time)
     log.info(
-        "LUT %s: baseline %.3f %s, minimum %.3f %s", key, lut.baseline, lut.unit, lut.minimum,
+        "LUT %s: baseline %.3f %s, minimum %.3f %s",
+        key,
+        lut.baseline,
         lut.unit,
-    )  # fmt: skip
+        lut.minimum,
+        lut.unit,
+    )
     cache[key] = asdict(lut)
     write_json_atomic(path, cache)
     return lut

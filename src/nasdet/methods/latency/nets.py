@@ -55,9 +55,15 @@ def _slice_conv(conv: nn.Conv2d, out_idx: Tensor | None, in_idx: Tensor | None) 
         w = w[:, in_idx]
     groups = w.shape[0] if conv.groups > 1 else 1
     new = nn.Conv2d(
-        w.shape[1] * groups, w.shape[0], conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, groups, bias=conv.bias is not None,
-    )  # fmt: skip
+        w.shape[1] * groups,
+        w.shape[0],
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups,
+        bias=conv.bias is not None,
+    )
     new.weight.data.copy_(w)
     if conv.bias is not None:
         new.bias.data.copy_(conv.bias.detach()[out_idx] if out_idx is not None else conv.bias)
@@ -112,6 +118,8 @@ class VariantBlock(nn.Module):
 
     ``variants[0]`` is the baseline's block, then one pruned copy per multiplier, then an
     ``nn.Identity`` when ``skip``. ``multipliers[v]`` is variant ``v``'s width (1.0, ..., 0.0).
+    ``gate`` (the search sets it): a scalar the output is multiplied by, 1 in value, through
+    which the architecture logits get their gradient (GDAS's straight-through estimator).
     """
 
     def __init__(
@@ -129,11 +137,13 @@ class VariantBlock(nn.Module):
         self.variants = nn.ModuleList(variants)
         self.multipliers = tuple(mults)
         self.active = 0
+        self.gate: Tensor | None = None  # the search's straight-through sample weight (value 1)
         self.out_channels = getattr(block, "out_channels", None)
         self._is_cn = getattr(block, "_is_cn", False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.variants[self.active](x)
+        out = self.variants[self.active](x)
+        return out if self.gate is None else out * self.gate
 
 
 class LatencySupernet(FeatureBackbone):
