@@ -9,6 +9,7 @@ brings the weights).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,7 +17,7 @@ from torch import nn
 
 from nasdet.config import BackboneSpec, SupernetSpec
 from nasdet.methods.latency.nets import DEFAULT_MULTIPLIERS, LatencySupernet
-from nasdet.methods.latency.space import LatencyArch
+from nasdet.methods.latency.space import LatencyArch, LatencySpace
 from nasdet.models.baselines import BASELINES
 
 SEARCHABLE_BASELINES = ("mobilenet_v2",)
@@ -39,6 +40,13 @@ class _LatencySpec(BackboneSpec):
             raise ValueError(f"multipliers must be between 0 and 1 (exclusive), got {v}")
         return v
 
+    @property
+    def space(self) -> LatencySpace:
+        """The variant counts of the space (cached per structure: building a space copies and
+        prunes every block)."""
+        return _space(self.baseline, self.width_mult, tuple(self.levels or (3, 4, 5)),
+                      tuple(self.multipliers), self.skip)  # fmt: skip
+
     def supernet(self) -> LatencySupernet:
         body = BASELINES[self.baseline](
             width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5))
@@ -54,7 +62,7 @@ class LatencySubnetSpec(_LatencySpec):
 
     @model_validator(mode="after")
     def _arch(self) -> LatencySubnetSpec:
-        self.supernet().space.check(LatencyArch.parse(self.arch))
+        self.space.check(LatencyArch.parse(self.arch))
         return self
 
     def build(self) -> nn.Module:
@@ -72,11 +80,19 @@ class LatencySpaceSpec(_LatencySpec, SupernetSpec):
         return self.supernet()
 
     def parse_genotype(self, text: str) -> LatencyArch:
-        return self.supernet().space.parse(text)
+        return self.space.parse(text)
 
     def subnet(self, genotype: Any) -> LatencySubnetSpec:
         data = self.model_dump(exclude={"name"})
         return LatencySubnetSpec(**data, arch=LatencyArch.parse(genotype).to_list())
+
+
+@lru_cache(maxsize=32)
+def _space(
+    baseline: str, width_mult: float, levels: tuple[int, ...], mults: tuple[float, ...], skip: bool
+) -> LatencySpace:
+    body = BASELINES[baseline](width_mult=width_mult, levels=levels)
+    return LatencySupernet(body, mults, skip=skip).space
 
 
 def space_spec(baseline: BackboneSpec, multipliers: list[float], skip: bool) -> LatencySpaceSpec:

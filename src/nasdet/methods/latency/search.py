@@ -230,7 +230,7 @@ def search_at(
             arch.to_list(),
             table.predict(arch),
             table.unit,
-            float(expected),
+            float(expected.detach()),
             table.unit,
         )
         atomic_save(
