@@ -124,7 +124,7 @@ def test_resolution_sampling(digits_root: Path, tmp_path: Path) -> None:
         load_run_config(_write(tmp_path, bad))
 
 
-def test_multiresolution_pretrain_and_search_with_resolution(
+def test_multiresolution_pretrain_with_distillation_and_search_with_resolution(
     run_dir: Path, digits_root: Path, tmp_path: Path
 ) -> None:
     cfg = latency_config(
@@ -132,6 +132,7 @@ def test_multiresolution_pretrain_and_search_with_resolution(
         multiresolution_pretrain={
             "baseline_ckpt": str(run_dir / "output" / "baseline" / "model.pt"),
             "resolution_range": [64, 96],
+            "distill": True,
         },
         search_with_resolution={
             "target_latency": 5.0, "epochs": 1, "resolution_range": [64, 96],

@@ -141,3 +141,20 @@ def test_lut_measured_cpu_sanity() -> None:
     lut = build_table(space, 64, "measured:cpu", min_run_time=0.01)
     assert lut.unit == "ms"
     assert all(v >= 0 for row in lut.table for v in row) and lut.baseline > 0
+
+
+def test_distillation_from_the_baseline_is_zero_at_variant0() -> None:
+    from nasdet.methods.latency.teacher import BaselineDistill
+
+    space = to_space_detector(_baseline()).train()
+    for m in space.modules():  # frozen statistics: the student then computes the teacher's
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    hook = BaselineDistill(_baseline(), kd_ratio=1.0, kind="softmax")
+    images = [torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([3])}]
+    (losses,) = list(hook(space, images, targets, 0))
+    assert float(losses["loss_kd"].detach()) == pytest.approx(0.0, abs=1e-6)
+    space.backbone.body.set_active_subnet(LatencyArch((4,) * 16))
+    (losses,) = list(hook(space, images, targets, 0))
+    assert float(losses["loss_kd"].detach()) > 0 and "classification" in losses

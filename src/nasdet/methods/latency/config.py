@@ -65,6 +65,8 @@ class Pretrain(Strict):
         None, description="the trained baseline's model file; null: this run's baseline step"
     )
     epochs: int | None = Field(None, ge=1, description="default: train.epochs")
+    distill: bool = Field(False, description="distil from the baseline's head outputs")
+    kd_ratio: float = Field(1.0, ge=0.0, description="weight of the distillation loss")
 
 
 class MultiresolutionPretrain(Pretrain):

@@ -5,7 +5,8 @@
    pruned variants from its most important channels), trained with one uniformly random
    architecture per training step (drawn from (seed, step), so a resumed run draws the same).
    ``multiresolution_pretrain`` also draws the input side per step from ``resolution_range``
-   (multiples of 32). No distillation from the baseline yet.
+   (multiples of 32). With ``distill``, the loss adds ``kd_ratio`` times the distillation loss
+   from the baseline's head outputs (:mod:`nasdet.methods.latency.teacher`).
 3. ``search`` / ``search_with_resolution``: :mod:`nasdet.methods.latency.search`.
 4. ``tune``: the searched net (``searched_arch``, or the architecture stored in
    ``ss_checkpoint``, or this run's search) extracted from the space's weights (or from
@@ -41,7 +42,8 @@ from nasdet.methods.latency.common import (
 from nasdet.methods.latency.config import LatencyRunConfig, TrainConfig
 from nasdet.methods.latency.search import SearchOutcome, genotype_of, search
 from nasdet.methods.latency.space import LatencyArch
-from nasdet.models.io import atomic_save, read_model_file, save_model
+from nasdet.methods.latency.teacher import BaselineDistill
+from nasdet.models.io import atomic_save, load_state_dict_checked, read_model_file, save_model
 from nasdet.search.records import Record, RecordStore
 from nasdet.search.supernet import export_subnet
 from nasdet.training import config_fingerprint, train_step
@@ -148,6 +150,12 @@ def pretrain(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Path:
             set_resolution(model, resolution_for_step(cfg.seed, i, sizes))
 
     trainer.before_step = before_step
+    if pc.distill:
+        teacher = build_detector(cfg.model, len(data.categories) + 1, load_weights=False)
+        load_state_dict_checked(teacher, read_model_file(ckpt)["state_dict"], str(ckpt))
+        kind = "softmax" if cfg.model.detector in ("ssd", "ssdlite") else "sigmoid"
+        trainer.step_hook = BaselineDistill(teacher, pc.kd_ratio, kind)
+        trainer.forwards_per_step = 1
     history = trainer.fit(resume=trainer.checkpoint_path.is_file())
     body.set_active_subnet(body.space.baseline)
     set_resolution(model, cfg.model.min_size)
