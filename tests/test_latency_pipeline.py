@@ -78,6 +78,9 @@ def test_pipeline_meets_the_target(run_dir: Path) -> None:
     assert isinstance(meta["searched_arch"], list) and meta["resolution"] == 64
     assert tuned[0].extra["arch"] == meta["searched_arch"]
     assert store.records("baseline", status="done")[0].metrics["mAP"] >= 0
+    rows = json.loads((run_dir / "output" / "search" / "choices.json").read_text())
+    assert [r["variant"] for r in rows] == meta["searched_arch"]
+    assert all(r["width"] == 0.0 for r in rows if r["variant"] == 6)  # skip
 
 
 def test_tune_from_indices_equals_tune_from_ss_checkpoint(

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from nasdet.atomic import write_json_atomic
 from nasdet.build import build_datasets
 from nasdet.data import collate
 from nasdet.engine.evaluate import evaluate
@@ -329,4 +330,29 @@ def search(cfg: LatencyRunConfig, store: RecordStore, out: Path, space_path: Pat
         chosen.how,
     )
     save_search_space(space_path, dest, chosen, cfg)
+    space = load_space(space_path)
+    rows = log_choices(space, chosen, lut(cfg, out, space, chosen.resolution))
+    write_json_atomic(step_dir / "choices.json", rows)
     return chosen
+
+
+def choices_table(body: LatencySupernet, arch: LatencyArch, table: LatencyTable) -> list[dict]:
+    """One row per searchable block: its name, the chosen variant, its width multiplier (0:
+    skipped) and its LUT cost against the baseline block's."""
+    return [
+        {"block": name, "variant": c, "width": block.multipliers[c],
+         "cost": table.table[b][c], "baseline_cost": table.table[b][0]}
+        for b, (name, block, c) in enumerate(zip(body.block_names, body.blocks(), arch.choices,
+                                                 strict=True))
+    ]  # fmt: skip
+
+
+def log_choices(model: nn.Module, outcome: SearchOutcome, table: LatencyTable) -> list[dict]:
+    """Log the per-block choices of the searched architecture; returns them."""
+    rows = choices_table(model.backbone.body, outcome.arch, table)
+    log.info("per-block choices of %s at %d px (%s):", outcome.arch.to_list(),
+             outcome.resolution, table.unit)  # fmt: skip
+    for r in rows:
+        log.info("  block %-3s variant %d  width %.2f  %.4f (baseline %.4f)", r["block"],
+                 r["variant"], r["width"], r["cost"], r["baseline_cost"])  # fmt: skip
+    return rows
