@@ -17,7 +17,7 @@ from nasdet.cli import main
 from nasdet.errors import ConfigError
 from nasdet.methods import load_run_config
 from nasdet.methods.latency.common import set_resolution
-from nasdet.methods.latency.steps import resolution_for_step
+from nasdet.methods.latency.steps import extracted_weights, resolution_for_step, tune_start
 from nasdet.models.io import read_model_file, read_weights
 from nasdet.pipeline import run_pipeline
 from nasdet.search.records import RecordStore
@@ -88,17 +88,21 @@ def test_tune_from_indices_equals_tune_from_ss_checkpoint(
 ) -> None:
     ss = run_dir / "output" / "search" / "search_space.pt"
     arch = read_model_file(ss)["meta"]["searched_arch"]
-    outs = []
+    weights = []
     for i, tune in enumerate(({"ss_checkpoint": str(ss)},
                               {"ss_checkpoint": str(ss), "searched_arch": arch})):  # fmt: skip
-        cfg = latency_config(digits_root, tune=tune)
-        out = tmp_path / f"tune{i}"
-        assert main(["-q", "run", str(_write(tmp_path, cfg, f"t{i}.yaml")), "--out", str(out)]) == 0
-        outs.append(out / "output" / "tune")
-    a, b = (read_weights(o / "init_from_space.pt") for o in outs)
+        cfg = load_run_config(_write(tmp_path, latency_config(digits_root, tune=tune), f"{i}.yml"))
+        got, res, space_path = tune_start(cfg, tmp_path / "empty")
+        assert got.to_list() == arch and res == 64 and space_path == ss
+        weights.append(extracted_weights(cfg, space_path, got))
+    a, b = weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    trained = [read_model_file(o / "model.pt")["state_dict"] for o in outs]
-    assert all(torch.allclose(trained[0][k], trained[1][k]) for k in trained[0])
+    # the run's own tune started from these weights
+    init = read_weights(run_dir / "output" / "tune" / "init_from_space.pt")
+    assert all(torch.equal(init[k], a[k]) for k in a)
+    bad = latency_config(digits_root, tune={"ss_checkpoint": str(ss), "searched_arch": [9] * 16})
+    with pytest.raises(ConfigError, match="tune.searched_arch: .*block 0 has variants 0..5"):
+        tune_start(load_run_config(_write(tmp_path, bad, "bad.yml")), tmp_path / "empty")
 
 
 def test_infeasible_target_is_one_line(digits_root: Path, tmp_path: Path) -> None:

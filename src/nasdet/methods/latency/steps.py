@@ -206,6 +206,16 @@ def tune_start(cfg: LatencyRunConfig, out: Path) -> tuple[LatencyArch, int, Path
     return arch, res, Path(space_path) if tc.init == "search_space" and space_path else None
 
 
+def extracted_weights(
+    cfg: LatencyRunConfig, space_path: Path, arch: LatencyArch
+) -> dict[str, torch.Tensor]:
+    """The state dict of the static detector of ``arch``, cut from the space model file: the
+    chosen variants' weights, the rest of the detector as the space holds it."""
+    space = load_space(space_path)
+    static, _ = export_subnet(space, space_model(cfg), arch, len(space.categories) + 1)
+    return static.state_dict()
+
+
 def tune(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
     """Step ``tune``: train the searched net with ``train`` (the baseline's setup)."""
     arch, res, space_path = tune_start(cfg, out)
@@ -223,9 +233,7 @@ def tune(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
     if space_path is not None:
         init = run_dir / "init_from_space.pt"
         if not init.is_file():
-            space = load_space(space_path)
-            static, _ = export_subnet(space, smodel, arch, len(space.categories) + 1)
-            atomic_save(static.state_dict(), init)
+            atomic_save(extracted_weights(cfg, space_path, arch), init)
     config = cfg.base()
     config["model"] = sub_arch.model_dump(mode="json")
     result = train_step(
