@@ -5,7 +5,6 @@ multiresolution pretrain with search_with_resolution, tune from indices against 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -166,10 +165,10 @@ def test_search_falls_back_to_a_feasible_architecture(
     """Without a latency loss the argmax misses a tight target: after the extra epoch (the
     weight doubled, still 0) the search returns a feasible architecture and says how."""
     out = tmp_path / "run"
-    (out / "output" / "pretrain").mkdir(parents=True)
-    shutil.copy(run_dir / "output" / "pretrain" / "search_space.pt", out / "output" / "pretrain")
-    search = {"target_latency": 1.6, "latency_loss_weight": 0.0, "max_extra_epochs": 1}
-    cfg = latency_config(digits_root, pretrain={}, search=search, pipeline=["search"])
+    space = run_dir / "output" / "pretrain" / "search_space.pt"
+    search = {"target_latency": 1.6, "latency_loss_weight": 0.0, "max_extra_epochs": 1,
+              "space_checkpoint": str(space)}  # fmt: skip
+    cfg = latency_config(digits_root, search=search)
     result = run_pipeline(load_run_config(_write(tmp_path, cfg)), out)
     assert result.final is not None and result.final.cost["latency_lut"] <= 1.6
     meta = read_model_file(out / "output" / "search" / "search_space.pt")["meta"]

@@ -80,6 +80,9 @@ class Search(Strict):
     """Optimise the architecture logits with the weights frozen (the seed's settings)."""
 
     target_latency: float = Field(gt=0.0, description="in ms (measured:*) or MMAC (mmac)")
+    space_checkpoint: Path | None = Field(
+        None, description="a pretrained space model file; null: this run's pretrain step's"
+    )
     epochs: int = Field(1, ge=1)
     batch_size: int | None = Field(None, ge=1, description="default: train.batch_size")
     optimizer: Literal["adam", "radam"] = "adam"

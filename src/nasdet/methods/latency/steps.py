@@ -180,6 +180,14 @@ def _space_file(out: Path) -> Path | None:
     return None
 
 
+def _pretrained_file(out: Path) -> Path | None:
+    for step in ("multiresolution_pretrain", "pretrain"):
+        path = out / "output" / step / "search_space.pt"
+        if path.is_file():
+            return path
+    return None
+
+
 def tune_start(cfg: LatencyRunConfig, out: Path) -> tuple[LatencyArch, int, Path | None]:
     """What ``tune`` trains: the architecture, the input side and the space model file whose
     weights it starts from (``None``: scratch)."""
@@ -273,9 +281,15 @@ def run(cfg: LatencyRunConfig, out: Path) -> MethodResult:
         elif name in ("pretrain", "multiresolution_pretrain"):
             space_path = pretrain(cfg, store, out)
         elif name in ("search", "search_with_resolution"):
-            space_path = space_path or _space_file(out)
+            given = cfg.search_cfg.space_checkpoint
+            if given is not None and not Path(given).is_file():
+                raise ConfigError(f"{name}.space_checkpoint: {given} not found")
+            space_path = given or space_path or _pretrained_file(out)
             if space_path is None:
-                raise ConfigError(f"{name}: no search space in {out} — run pretrain first")
+                raise ConfigError(
+                    f"{name}: no pretrained space in {out} — run pretrain first or set "
+                    f"{name}.space_checkpoint"
+                )
             outcome = search(cfg, store, out, space_path)
             final = outcome.record
             model = out / "output" / name / "search_space.pt"
