@@ -154,25 +154,45 @@ def test_multiresolution_pretrain_with_distillation_and_search_with_resolution(
     result = json.loads((out / "result.json").read_text())
     assert result["cost"]["latency_lut"] <= 5.0
     assert set(json.loads((out / "output" / "lut.json").read_text())) == {"mmac@64", "mmac@96"}
-    n = len(store.records())
-    assert main(["-q", "run", str(_write(tmp_path, cfg)), "--out", str(out)]) == 0  # resumes
-    assert len(store.records()) == n
 
 
-def test_search_falls_back_to_a_feasible_architecture(
-    run_dir: Path, digits_root: Path, tmp_path: Path
+def _records(out: Path) -> list[tuple]:
+    store = RecordStore(out / "records.sqlite")
+    return [(r.step, r.genotype, r.status, r.metrics, r.cost) for r in store.records()]
+
+
+def test_search_falls_back_and_resumes_exactly_after_a_kill(
+    run_dir: Path, digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without a latency loss the argmax misses a tight target: after the extra epoch (the
-    weight doubled, still 0) the search returns a feasible architecture and says how."""
-    out = tmp_path / "run"
+    weight doubled, still 0) the search returns a feasible architecture and says how. Killed
+    while scoring the second epoch's argmax (its logits not yet checkpointed), the search redoes
+    that epoch from the first epoch's checkpoint and ends as the uninterrupted one."""
+    from nasdet.methods.latency import search as search_mod
+
     space = run_dir / "output" / "pretrain" / "search_space.pt"
     search = {"target_latency": 1.6, "latency_loss_weight": 0.0, "max_extra_epochs": 1,
               "space_checkpoint": str(space)}  # fmt: skip
-    cfg = latency_config(digits_root, search=search)
-    result = run_pipeline(load_run_config(_write(tmp_path, cfg)), out)
+    path = _write(tmp_path, latency_config(digits_root, search=search))
+    ref = tmp_path / "ref"
+    result = run_pipeline(load_run_config(path), ref)
     assert result.final is not None and result.final.cost["latency_lut"] <= 1.6
-    meta = read_model_file(out / "output" / "search" / "search_space.pt")["meta"]
+    meta = read_model_file(ref / "output" / "search" / "search_space.pt")["meta"]
     assert meta["searched_arch"] == result.final.extra["arch"]
     assert "misses the target" in meta["how"]
-    state = torch.load(out / "output" / "search" / "search_state.pt", weights_only=True)
+    state = torch.load(ref / "output" / "search" / "search_state.pt", weights_only=True)
     assert state["epoch"] == 2  # one extra epoch was run
+
+    score = search_mod._Scorer.__call__
+
+    def killed(self, arch, role):  # noqa: ANN001, ANN202
+        if role == "argmax epoch 2":
+            raise KeyboardInterrupt
+        return score(self, arch, role)
+
+    monkeypatch.setattr(search_mod._Scorer, "__call__", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(load_run_config(path), tmp_path / "killed")
+    monkeypatch.setattr(search_mod._Scorer, "__call__", score)
+    run_pipeline(load_run_config(path), tmp_path / "killed")
+    assert _records(tmp_path / "killed") == _records(ref)
