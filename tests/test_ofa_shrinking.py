@@ -16,9 +16,10 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from nasdet.config import Strict, parse_config
+from nasdet.engine.distill import distill_loss
 from nasdet.engine.train import Trainer, make_scheduler
 from nasdet.errors import ConfigError
-from nasdet.methods.ofa.sandwich import SandwichHook, distill_loss, subnet_rng
+from nasdet.methods.ofa.sandwich import SandwichHook, subnet_rng
 from nasdet.methods.ofa.shrinking import (
     ChoiceSchedule,
     ScheduleCfg,

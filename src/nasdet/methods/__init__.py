@@ -27,6 +27,7 @@ from nasdet.config import (
 from nasdet.errors import ConfigError
 from nasdet.method import Method
 from nasdet.methods.detnas import METHOD as DETNAS
+from nasdet.methods.latency import METHOD as LATENCY
 from nasdet.methods.ofa import METHOD as OFA
 from nasdet.methods.spnas import METHOD as SPNAS
 
@@ -34,6 +35,7 @@ METHODS: dict[str, Method] = {
     SPNAS.name: SPNAS,
     DETNAS.name: DETNAS,
     OFA.name: OFA,
+    LATENCY.name: LATENCY,
 }
 DEFAULT_METHOD = "spnas"  # a run config without ``method:`` (the SP-NAS seed has none)
 

@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from nasdet.engine.distill import HEAD_KEYS, KDKind, distill_loss
 from nasdet.engine.train import unwrap
 from nasdet.methods.ofa.shrinking import ScheduleCfg
-
-KDKind = Literal["softmax", "sigmoid"]
-HEAD_KEYS = ("cls_logits", "bbox_regression")
 
 
 class ElasticBody(Protocol):
@@ -62,47 +58,6 @@ def subnet_rng(seed: int, step: int, k: int) -> random.Random:
     ``(seed, step, k)`` only (a string seed is hashed with SHA-512, independent of
     ``PYTHONHASHSEED``), so every DDP rank and a resumed run draw the same subnets."""
     return random.Random(f"nasdet.ofa.subnet/{seed}/{step}/{k}")
-
-
-def distill_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], kind: KDKind) -> Tensor:
-    """The distillation loss of a student head's raw outputs against the (detached) teacher's,
-    both ``{"cls_logits": [B, A, C], "bbox_regression": [B, A, 4]}``; a scalar, 0 when the
-    outputs are equal.
-
-    - classification, ``"softmax"`` (SSD): KL(teacher || student) of the softmax over classes,
-      summed over classes and averaged over the B*A anchors. It is Once-for-All's soft-target
-      cross entropy minus the teacher's entropy: the same gradient, but 0 at equality;
-    - classification, ``"sigmoid"`` (RetinaNet, FCOS): per-class binary cross entropy against
-      the teacher's sigmoid probabilities minus the teacher's own, i.e. the binary KL per class
-      (gradient ``sigmoid(student) - sigmoid(teacher)``), summed over classes and averaged over
-      anchors;
-    - boxes: smooth L1 (beta 1) between the ``bbox_regression`` outputs, summed over the 4
-      coordinates and averaged over all anchors (background ones included).
-
-    Computed in float32 (under autocast the head may give float16).
-    """
-    s_cls, t_cls = student["cls_logits"].float(), teacher["cls_logits"].float()
-    s_box, t_box = student["bbox_regression"].float(), teacher["bbox_regression"].float()
-    if s_cls.shape != t_cls.shape or s_box.shape != t_box.shape:
-        raise ValueError(
-            f"student and teacher head outputs differ in shape (cls_logits {tuple(s_cls.shape)} "
-            f"vs {tuple(t_cls.shape)}): distillation needs the same anchors for every subnet"
-        )
-    anchors = max(s_cls.shape[:-1].numel(), 1)
-    if kind == "softmax":
-        cls = F.kl_div(
-            F.log_softmax(s_cls, -1), F.log_softmax(t_cls, -1), reduction="sum", log_target=True
-        )
-    elif kind == "sigmoid":  # element by element: no cancellation between two large sums
-        q = torch.sigmoid(t_cls)
-        cls = (
-            q * (F.logsigmoid(t_cls) - F.logsigmoid(s_cls))
-            + (1 - q) * (F.logsigmoid(-t_cls) - F.logsigmoid(-s_cls))
-        ).sum()
-    else:
-        raise ValueError(f"kind must be 'softmax' or 'sigmoid', got {kind!r}")
-    box = F.smooth_l1_loss(s_box, t_box, reduction="sum")
-    return (cls + box) / anchors
 
 
 class SandwichHook:

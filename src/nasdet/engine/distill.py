@@ -1,0 +1,58 @@
+"""Knowledge distillation between two detectors' raw head outputs (the generic part of
+Once-for-All's in-place distillation and of distilling from a baseline).
+
+torchvision's SSD, RetinaNet and FCOS heads return ``{"cls_logits": [B, A, C],
+"bbox_regression": [B, A, 4]}``; :func:`distill_loss` compares two of them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+KDKind = Literal["softmax", "sigmoid"]
+HEAD_KEYS = ("cls_logits", "bbox_regression")
+
+
+def distill_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], kind: KDKind) -> Tensor:
+    """The distillation loss of a student head's raw outputs against the (detached) teacher's,
+    both ``{"cls_logits": [B, A, C], "bbox_regression": [B, A, 4]}``; a scalar, 0 when the
+    outputs are equal.
+
+    - classification, ``"softmax"`` (SSD): KL(teacher || student) of the softmax over classes,
+      summed over classes and averaged over the B*A anchors. It is Once-for-All's soft-target
+      cross entropy minus the teacher's entropy: the same gradient, but 0 at equality;
+    - classification, ``"sigmoid"`` (RetinaNet, FCOS): per-class binary cross entropy against
+      the teacher's sigmoid probabilities minus the teacher's own, i.e. the binary KL per class
+      (gradient ``sigmoid(student) - sigmoid(teacher)``), summed over classes and averaged over
+      anchors;
+    - boxes: smooth L1 (beta 1) between the ``bbox_regression`` outputs, summed over the 4
+      coordinates and averaged over all anchors (background ones included).
+
+    Computed in float32 (under autocast the head may give float16).
+    """
+    s_cls, t_cls = student["cls_logits"].float(), teacher["cls_logits"].float()
+    s_box, t_box = student["bbox_regression"].float(), teacher["bbox_regression"].float()
+    if s_cls.shape != t_cls.shape or s_box.shape != t_box.shape:
+        raise ValueError(
+            f"student and teacher head outputs differ in shape (cls_logits {tuple(s_cls.shape)} "
+            f"vs {tuple(t_cls.shape)}): distillation needs the same anchors for every subnet"
+        )
+    anchors = max(s_cls.shape[:-1].numel(), 1)
+    if kind == "softmax":
+        cls = F.kl_div(
+            F.log_softmax(s_cls, -1), F.log_softmax(t_cls, -1), reduction="sum", log_target=True
+        )
+    elif kind == "sigmoid":  # element by element: no cancellation between two large sums
+        q = torch.sigmoid(t_cls)
+        cls = (
+            q * (F.logsigmoid(t_cls) - F.logsigmoid(s_cls))
+            + (1 - q) * (F.logsigmoid(-t_cls) - F.logsigmoid(-s_cls))
+        ).sum()
+    else:
+        raise ValueError(f"kind must be 'softmax' or 'sigmoid', got {kind!r}")
+    box = F.smooth_l1_loss(s_box, t_box, reduction="sum")
+    return (cls + box) / anchors

@@ -1,0 +1,85 @@
+"""What the latency method's steps share: the space's model section, the space detector made
+from a baseline model file, the input resolution, the LUT cache and record commits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nasdet import build
+from nasdet.build import build_detector
+from nasdet.methods.latency.config import LatencyRunConfig, Model
+from nasdet.methods.latency.latency import LatencyTable, cached_table
+from nasdet.methods.latency.nets import to_space_detector
+from nasdet.methods.latency.parts import space_spec
+from nasdet.models.io import load_state_dict_checked, read_model_file
+from nasdet.search.records import Record, RecordStore
+
+
+def space_model(cfg: LatencyRunConfig) -> Model:
+    """The ``model`` section of the search space detector (``backbone: latency_space``)."""
+    spec = space_spec(cfg.model.backbone, cfg.space.multipliers, cfg.space.skip)
+    return cfg.model.model_copy(update={"backbone": spec})
+
+
+def space_from_baseline(cfg: LatencyRunConfig, ckpt: Path, num_classes: int) -> nn.Module:
+    """The space detector whose variants 0 are the baseline model file ``ckpt``'s blocks and
+    whose pruned variants start from its most important channels."""
+    model = build_detector(cfg.model, num_classes, load_weights=False)
+    load_state_dict_checked(model, read_model_file(ckpt)["state_dict"], str(ckpt))
+    return to_space_detector(model, cfg.space.multipliers, skip=cfg.space.skip)
+
+
+def load_space(path: Path) -> nn.Module:
+    """A space (or searched net) model file of a latency run."""
+    return build.load_model(path, Model)
+
+
+def set_resolution(detector: nn.Module, size: int) -> None:
+    """Make a torchvision detector resize its inputs to ``size`` x ``size`` from now on (SSD's
+    ``fixed_size``; the default boxes follow the feature maps)."""
+    t = detector.transform
+    t.fixed_size = (size, size)
+    t.min_size = (size,)
+    t.max_size = size
+
+
+def resolutions(lo_hi: list[int] | None, default: int) -> list[int]:
+    """The input sides of ``[min, max]`` in steps of 32 (``[default]`` without a range)."""
+    if lo_hi is None:
+        return [default]
+    return list(range(lo_hi[0], lo_hi[1] + 1, 32))
+
+
+def lut(cfg: LatencyRunConfig, out: Path, detector: nn.Module, resolution: int) -> LatencyTable:
+    """The LUT of ``cfg.latency`` at ``resolution``, cached in ``<out>/output/lut.json``."""
+    path = out / "output" / "lut.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return cached_table(path, detector, resolution, cfg.latency)
+
+
+def done(store: RecordStore, step: str, genotype: str) -> Record | None:
+    found = store.find(step, genotype)
+    return found if found is not None and found.status == "done" else None
+
+
+def commit(
+    store: RecordStore,
+    step: str,
+    genotype: str,
+    metrics: dict[str, float],
+    *,
+    weights: Path | None = None,
+    cost: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Record:
+    """Store one evaluated candidate as ``done`` (one committed transaction per transition)."""
+    rec = store.add(step, genotype, extra=extra, exist_ok=True)
+    if rec.status == "done":
+        return rec
+    if rec.status != "running":
+        store.reset_running(step)
+        store.claim(rec.id)
+    return store.finish(rec.id, metrics, weights_path=weights, cost=cost, extra=extra)

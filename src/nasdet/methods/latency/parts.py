@@ -1,0 +1,116 @@
+"""The latency method's model parts as config sections: the search space and a searched net.
+
+``model.backbone: {name: latency_space, baseline: mobilenet_v2, width_mult: 1.0, levels: [4, 5]}``
+is the space made from the baseline backbone (its searchable blocks as variant containers);
+``{name: latency_subnet, ..., arch: [0, 3, 6, ...]}`` the static net of one architecture. Both
+build from the baseline's structure alone (random weights; a model file or ``baseline_ckpt``
+brings the weights).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from nasdet.config import BackboneSpec, SupernetSpec
+from nasdet.methods.latency.nets import DEFAULT_MULTIPLIERS, LatencySupernet
+from nasdet.methods.latency.space import LatencyArch, LatencySpace
+from nasdet.models.baselines import BASELINES
+
+SEARCHABLE_BASELINES = ("mobilenet_v2",)
+
+
+class _LatencySpec(BackboneSpec):
+    baseline: Literal["mobilenet_v2"] = Field(
+        "mobilenet_v2", description="the baseline backbone the space is made from"
+    )
+    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="the baseline's width multiplier")
+    multipliers: list[float] = Field(
+        list(DEFAULT_MULTIPLIERS), description="widths of the pruned variants (after variant 0)"
+    )
+    skip: bool = Field(True, description="a skip variant for blocks with a residual")
+
+    @field_validator("multipliers")
+    @classmethod
+    def _multipliers(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < m < 1.0 for m in v):
+            raise ValueError(f"multipliers must be between 0 and 1 (exclusive), got {v}")
+        return v
+
+    @property
+    def space(self) -> LatencySpace:
+        """The variant counts of the space (cached per structure: building a space copies and
+        prunes every block)."""
+        return _space(self.baseline, self.width_mult, tuple(self.levels or (3, 4, 5)),
+                      tuple(self.multipliers), self.skip)  # fmt: skip
+
+    def supernet(self) -> LatencySupernet:
+        body = BASELINES[self.baseline](
+            width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5))
+        )
+        return LatencySupernet(body, self.multipliers, skip=self.skip)
+
+
+class LatencySubnetSpec(_LatencySpec):
+    """The static net of one architecture of the space."""
+
+    name: Literal["latency_subnet"] = "latency_subnet"
+    arch: list[int] = Field(description="one variant index per searchable block, e.g. [0, 3, 6]")
+
+    @model_validator(mode="after")
+    def _arch(self) -> LatencySubnetSpec:
+        self.space.check(LatencyArch.parse(self.arch))
+        return self
+
+    def build(self) -> nn.Module:
+        space = self.supernet()
+        space.set_active_subnet(LatencyArch.parse(self.arch))
+        return space.get_active_subnet()
+
+
+class LatencySpaceSpec(_LatencySpec, SupernetSpec):
+    """The search space made from the baseline backbone (variant containers)."""
+
+    name: Literal["latency_space"] = "latency_space"
+
+    def build(self) -> LatencySupernet:
+        return self.supernet()
+
+    def parse_genotype(self, text: str) -> LatencyArch:
+        return self.space.parse(text)
+
+    def subnet(self, genotype: Any) -> LatencySubnetSpec:
+        data = self.model_dump(exclude={"name"})
+        return LatencySubnetSpec(**data, arch=LatencyArch.parse(genotype).to_list())
+
+
+@lru_cache(maxsize=32)
+def _space(
+    baseline: str, width_mult: float, levels: tuple[int, ...], mults: tuple[float, ...], skip: bool
+) -> LatencySpace:
+    body = BASELINES[baseline](width_mult=width_mult, levels=levels)
+    return LatencySupernet(body, mults, skip=skip).space
+
+
+def space_spec(baseline: BackboneSpec, multipliers: list[float], skip: bool) -> LatencySpaceSpec:
+    """The space section made from a baseline backbone section (``ValueError`` if its backbone
+    has no searchable block kind)."""
+    name = getattr(baseline, "name", None)
+    if name not in SEARCHABLE_BASELINES:
+        raise ValueError(
+            f"model.backbone: latency search makes its space from {', '.join(SEARCHABLE_BASELINES)}"
+            f" baselines, got {name}"
+        )
+    return LatencySpaceSpec(
+        baseline=name,
+        width_mult=baseline.width_mult,  # type: ignore[attr-defined]
+        levels=baseline.levels,
+        multipliers=multipliers,
+        skip=skip,
+    )
+
+
+BACKBONES = (LatencySpaceSpec, LatencySubnetSpec)
