@@ -25,7 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-## bench: regenerate docs/benchmarks.md (about 2.5 hours on 2 cores; run nothing else meanwhile)
+## bench: regenerate docs/benchmarks.md (about 4 hours on 2 cores; run nothing else meanwhile)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/coco_eval_speed.py --out docs/benchmarks/coco_eval.md
 	$(BIN)/python benchmarks/train_throughput.py --rounds 5 --out docs/benchmarks/train_throughput.md
@@ -33,6 +33,7 @@ bench: $(STAMP)
 		--out docs/benchmarks/baselines.md
 	$(BIN)/python benchmarks/spnas_digits.py --out docs/benchmarks/spnas.md
 	$(BIN)/python benchmarks/detnas_digits.py --out docs/benchmarks/detnas.md
+	$(BIN)/python benchmarks/ofa_digits.py --out docs/benchmarks/ofa.md
 	$(BIN)/python benchmarks/collect.py
 
 clean:

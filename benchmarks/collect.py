@@ -24,6 +24,7 @@ SECTIONS = [
     ("SP-NAS on the bundled digits", "spnas.md"),
     ("make demo (the SP-NAS preset)", "demo.md"),
     ("DetNAS on the bundled digits", "detnas.md"),
+    ("OFA on the bundled digits", "ofa.md"),
 ]
 HEADER = """# Benchmarks
 

@@ -23,8 +23,9 @@ from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.methods.ofa.config import Model, TrainConfig
+from nasdet.methods.ofa.cost_table import CostTable, measure_table
 from nasdet.methods.ofa.space import OFAGenotype
-from nasdet.search.constraints import Constraints, cost_for
+from nasdet.search.constraints import Constraints, cost_for, needs
 from nasdet.search.supernet import supernet_spec
 
 
@@ -101,7 +102,9 @@ def payload_for(supernet: Path, config: dict[str, Any], bn_mode: str, samples: i
 @dataclass
 class SubnetCost:
     """The cost dict of a subnet's standalone detector (params and FLOPs of the detector and its
-    backbone, plus what the constraints need measured) at ``input_size``; cached per genotype."""
+    backbone, plus what the constraints need measured) at ``input_size``; cached per genotype.
+    When the constraints need no measurement (latency, memory), from the
+    :class:`~nasdet.methods.ofa.cost_table.CostTable` (measured once, the same numbers)."""
 
     supernet: Model
     num_classes: int
@@ -110,9 +113,15 @@ class SubnetCost:
     batch_size: int
     optimizer: str = "sgd"
     _cache: dict[str, dict[str, float]] = field(default_factory=dict)
+    _table: CostTable | None = None
 
     def __call__(self, genotype: OFAGenotype) -> dict[str, float]:
         key = str(genotype.canonical())
+        size = self.constraints.input_size or self.input_size
+        if not needs(self.constraints):  # params and FLOPs only: the cost table's sums
+            if self._table is None:
+                self._table = measure_table(self.supernet, self.num_classes, size)
+            return self._table(genotype)
         if key not in self._cache:
             arch = subnet_architecture(self.supernet, genotype)
             model = build_detector(arch, self.num_classes, load_weights=False).eval()
