@@ -403,3 +403,29 @@ class RecordStore:
             clauses.append(f"status IN ({', '.join('?' * len(wanted))})")
             params.extend(wanted)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def done_record(store: RecordStore, step: str, genotype: str) -> Record | None:
+    """The ``done`` record of (``step``, ``genotype``), or ``None`` (absent or not finished): a
+    step that produces one result per genotype (a supernet, a final training) skips its work
+    when this exists."""
+    found = store.find(step, genotype)
+    return found if found is not None and found.status == "done" else None
+
+
+def commit_result(
+    store: RecordStore,
+    step: str,
+    genotype: str,
+    metrics: Mapping[str, Any],
+    weights: str | Path,
+    **finish: Any,
+) -> Record:
+    """Record a step's one result for ``genotype`` as done (adding the record, with
+    ``finish.pop("extra")``, if it is not there yet) and return it; ``finish`` goes to
+    :meth:`RecordStore.finish` (``cost``...)."""
+    rec = store.find(step, genotype) or store.add(step, genotype, extra=finish.pop("extra", None))
+    if rec.status != "running":
+        store.reset_running(step)
+        store.claim(rec.id)
+    return store.finish(rec.id, dict(metrics), weights_path=str(weights), **finish)

@@ -51,7 +51,7 @@ from nasdet.search.constraints import checker, describe
 from nasdet.search.evolution import EvolutionSettings, InfeasibleConstraints, evolution_search
 from nasdet.search.executors import Executor, make_executor
 from nasdet.search.pareto import pareto_records, write_pareto_csv
-from nasdet.search.records import Record, RecordStore
+from nasdet.search.records import Record, RecordStore, commit_result, done_record
 from nasdet.search.supernet import export_subnet
 from nasdet.training import config_fingerprint, train_step
 
@@ -75,28 +75,13 @@ class PathSampler:
         self.supernet.sample_active_subnet(random.Random(self.seed * 1_000_003 + step))
 
 
-def _done(store: RecordStore, step: str, genotype: str) -> Record | None:
-    found = store.find(step, genotype)
-    return found if found is not None and found.status == "done" else None
-
-
-def _commit(
-    store: RecordStore, step: str, genotype: str, metrics: dict, weights: Path, **kw: Any
-) -> Record:
-    rec = store.find(step, genotype) or store.add(step, genotype, extra=kw.pop("extra", None))
-    if rec.status != "running":
-        store.reset_running(step)
-        store.claim(rec.id)
-    return store.finish(rec.id, metrics, weights_path=str(weights), **kw)
-
-
 # ----------------------------------------------------------------------------- steps 1-2
 def supernet_pretrain(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
     """Step 1: classification pre-training of the supernet backbone; its state dict's path."""
     step = cfg.supernet_pretrain
     assert step is not None
     dest = out / "output" / "supernet_pretrain" / "backbone.pth"
-    if _done(store, "supernet_pretrain", SUPERNET) and dest.is_file():
+    if done_record(store, "supernet_pretrain", SUPERNET) and dest.is_file():
         return dest
     torch.manual_seed(cfg.seed)  # initial weights from the seed alone: a rerun pretrains the same
     body = build_backbone(cfg.model.backbone, load_weights=False)
@@ -113,7 +98,7 @@ def supernet_pretrain(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Pa
     )
     atomic_save(body.state_dict(), dest)
     log.info("supernet_pretrain: top-1 %.3f (random paths)", acc)
-    _commit(store, "supernet_pretrain", SUPERNET, {"top1": acc}, dest)
+    commit_result(store, "supernet_pretrain", SUPERNET, {"top1": acc}, dest)
     return dest
 
 
@@ -129,7 +114,7 @@ def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
     step_dir = out / "output" / "supernet_train"
     dest = step_dir / "supernet.pth"
     dist = dist_current()
-    if dist.is_main and _done(store, "supernet_train", SUPERNET) and dest.is_file():
+    if dist.is_main and done_record(store, "supernet_train", SUPERNET) and dest.is_file():
         return dest
     torch.manual_seed(cfg.seed)
     data = build_datasets(cfg.data, seed=cfg.seed)
@@ -163,7 +148,7 @@ def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
         )
         loss = float(history[-1]["loss"]) if history else float("nan")
         cost = {"params": float(sum(p.numel() for p in model.parameters()))}
-        _commit(store, "supernet_train", SUPERNET, {"train_loss": loss}, dest, cost=cost)
+        commit_result(store, "supernet_train", SUPERNET, {"train_loss": loss}, dest, cost=cost)
     return dest
 
 
@@ -311,7 +296,7 @@ def _train_subnet(
 ) -> Record:
     step = cfg.subnet_train
     assert step is not None
-    found = _done(store, "subnet_train", str(code))
+    found = done_record(store, "subnet_train", str(code))
     if found is not None:
         return found
     run_dir = out / "output" / "subnet_train" / role

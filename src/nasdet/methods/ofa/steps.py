@@ -38,26 +38,11 @@ from nasdet.methods.ofa.scoring import load_model, payload_for, setup, subnet_ar
 from nasdet.methods.ofa.shrinking import ScheduleCfg, default_schedule, phase_interval
 from nasdet.methods.ofa.space import OFAGenotype
 from nasdet.models.io import atomic_save, save_model
-from nasdet.search.records import Record, RecordStore
+from nasdet.search.records import Record, RecordStore, commit_result, done_record
 from nasdet.training import config_fingerprint, train_step
 
 log = logging.getLogger(__name__)
 SUPERNET = "supernet"  # genotype of the supernet's record
-
-
-def _done(store: RecordStore, step: str, genotype: str) -> Record | None:
-    found = store.find(step, genotype)
-    return found if found is not None and found.status == "done" else None
-
-
-def _commit(
-    store: RecordStore, step: str, genotype: str, metrics: dict, weights: Path, **kw: Any
-) -> Record:
-    rec = store.find(step, genotype) or store.add(step, genotype, extra=kw.pop("extra", None))
-    if rec.status != "running":
-        store.reset_running(step)
-        store.claim(rec.id)
-    return store.finish(rec.id, metrics, weights_path=str(weights), **kw)
 
 
 def schedule_of(cfg: OFARunConfig) -> ScheduleCfg:
@@ -113,7 +98,7 @@ def supernet_train(cfg: OFARunConfig, store: RecordStore, out: Path) -> Path:
     step_dir = out / "output" / "supernet_train"
     dest = step_dir / "supernet.pth"
     dist = dist_current()
-    if dist.is_main and _done(store, "supernet_train", SUPERNET) and dest.is_file():
+    if dist.is_main and done_record(store, "supernet_train", SUPERNET) and dest.is_file():
         return dest
     st = cfg.supernet_train
     assert st is not None
@@ -168,7 +153,7 @@ def supernet_train(cfg: OFARunConfig, store: RecordStore, out: Path) -> Path:
         )
         loss = float(history[-1]["loss"]) if history else math.nan
         cost = {"params": float(sum(p.numel() for p in model.parameters()))}
-        _commit(store, "supernet_train", SUPERNET, {"train_loss": loss}, dest, cost=cost)
+        commit_result(store, "supernet_train", SUPERNET, {"train_loss": loss}, dest, cost=cost)
     return dest
 
 
@@ -252,7 +237,7 @@ def _train_final(
     ft = cfg.final_train
     assert ft is not None
     name = str(genotype.canonical())
-    found = _done(store, "final_train", name)
+    found = done_record(store, "final_train", name)
     if found is not None:
         return found
     run_dir = out / "output" / "final_train" / role
