@@ -29,7 +29,7 @@ SECTIONS = [
 HEADER = """# Benchmarks
 
 Every table below was produced by the command under it, on the machine it names; `make bench`
-reruns them all but the `make demo` timing (about 2.5 hours on 2 cores). Targets are stated with
+reruns them all but the `make demo` timing (about 4 hours on 2 cores). Targets are stated with
 each table. Nothing here is a unit test: speed and quality targets are measured here, not
 asserted in `tests/`. The text after each section's Command/Machine lines is a hand-written
 reading of the numbers (`docs/benchmarks/<name>.notes.md`), kept when the numbers are remeasured.

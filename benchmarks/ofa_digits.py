@@ -336,7 +336,7 @@ def markdown(
     lines = []
     minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else float("nan")
     lines += [
-        f"`configs/ofa_ssd_digits.yaml` (SSDLite, OFA MobileNetV3 supernet x"
+        f"`configs/ofa_ssd_digits.yaml` ({cfg.model.detector}, OFA MobileNetV3 supernet x"
         f"{cfg.model.backbone.width_mult}, {size}px): pipeline wall time **{minutes:.1f} "
         "min** (target <= 30).",
         "",
