@@ -29,6 +29,7 @@ Stages after the last requested level are not built (their genes are kept but un
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def level_stages(strides: Sequence[int]) -> dict[int, int]:
     return out
 
 
-class _OFABackbone(nn.Module):
+class _OFABackbone(nn.Module, ABC):
     """``first_conv``, ``blocks`` (``blocks[0]`` fixed) and the stride-32 head; subclasses add
     the elastic (or static) stage blocks between and say which run (:meth:`_stage_runs`)."""
 
@@ -152,9 +153,9 @@ class _OFABackbone(nn.Module):
             return self.final_expand_layer(x)
         return self.blocks[-1](x)
 
+    @abstractmethod
     def _stage_runs(self) -> list[list[int]]:
         """Indices into ``blocks`` run by each built stage, in order."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """(B, 3, H, W) -> ``{"c<l>": (B, channels, H / 2**l, W / 2**l)}`` for ``levels``."""
