@@ -90,7 +90,9 @@ class Search(Strict):
     betas: tuple[float, float] = Field((0.0, 0.999), description="Adam betas (momentum 0)")
     weight_decay: float = Field(0.0, ge=0.0)
     latency_loss_weight: float = Field(1.0, ge=0.0)
-    temperature: float = Field(1.0, gt=0.0, description="Gumbel-softmax temperature")
+    samples_per_step: int = Field(
+        4, ge=2, description="architectures run on each batch (REINFORCE, leave-one-out baseline)"
+    )
     max_extra_epochs: int = Field(
         3, ge=0, description="epochs added (latency weight doubled) while the argmax misses"
     )

@@ -118,8 +118,6 @@ class VariantBlock(nn.Module):
 
     ``variants[0]`` is the baseline's block, then one pruned copy per multiplier, then an
     ``nn.Identity`` when ``skip``. ``multipliers[v]`` is variant ``v``'s width (1.0, ..., 0.0).
-    ``gate`` (the search sets it): a scalar the output is multiplied by, 1 in value, through
-    which the architecture logits get their gradient (GDAS's straight-through estimator).
     """
 
     def __init__(
@@ -137,13 +135,11 @@ class VariantBlock(nn.Module):
         self.variants = nn.ModuleList(variants)
         self.multipliers = tuple(mults)
         self.active = 0
-        self.gate: Tensor | None = None  # the search's straight-through sample weight (value 1)
         self.out_channels = getattr(block, "out_channels", None)
         self._is_cn = getattr(block, "_is_cn", False)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.variants[self.active](x)
-        return out if self.gate is None else out * self.gate
+        return self.variants[self.active](x)
 
 
 class LatencySupernet(FeatureBackbone):

@@ -1,22 +1,26 @@
 """The ``search`` and ``search_with_resolution`` steps: architecture logits optimised with the
 weights frozen (ENOT's search, the seed's optimiser settings).
 
-Each searchable block ``b`` has logits ``alpha_b`` (one per variant, zero at the start: uniform).
-Every training step samples one architecture with hard Gumbel-softmax (temperature
-``temperature``) and runs it alone; the logits get their gradient through the straight-through
-weight of each chosen variant (GDAS: the sampled one-hot minus its softmax, detached, plus the
-softmax). The loss is
+Each searchable block ``b`` has logits ``alpha_b`` (one per variant, zero at the start: uniform);
+``p_b = softmax(alpha_b)``. The loss minimised is
 
-    task loss (the detector's training losses, summed)
-    + latency_loss_weight * relu(E[latency] - target) / target,
-    E[latency] = fixed + sum_b sum_v softmax(alpha_b)_v * LUT[b][v],
+    E_p[task loss] + latency_loss_weight * relu(E_p[latency] - target) / target,
+    E_p[latency] = fixed + sum_b sum_v p_b[v] * LUT[b][v],
 
-so the latency term vanishes once the expected latency meets the target. Batch-norm layers run in
-eval mode (their statistics are frozen with the weights). After each epoch the argmax
-architecture is logged as a list of ints, evaluated on the search split (the validation split
-when there is none) and committed to the record store; the logits and the optimiser state are
-checkpointed, so a killed search resumes at the next epoch. The baseline (variant 0 everywhere)
-is evaluated first.
+so the latency term vanishes once the expected latency meets the target. The latency term is
+differentiated exactly. The task term is estimated by REINFORCE (as TuNAS does): every training
+batch is run, without gradients, by ``samples_per_step`` architectures drawn from ``p``; each
+one's gradient is its task loss minus the mean of the others' on the same batch (leave-one-out
+baseline) times the gradient of its log-probability. Comparing architectures on the same images
+removes the batch's difficulty from the signal, and the weights being frozen, no backward pass
+through the detector is needed. The optimiser is Adam or RAdam (the seed's lr 0.01, momentum 0,
+weight decay 0). Batch-norm layers run in eval mode (their statistics are frozen with the weights).
+The draws come from a generator seeded by (seed, epoch), so a resumed search draws the same.
+
+After each epoch the argmax architecture is logged as a list of ints, evaluated on the search
+split (the validation split when there is none) and committed to the record store; the logits
+and the optimiser state are checkpointed, so a killed search resumes at the next epoch. The
+baseline (variant 0 everywhere) is evaluated first.
 
 The result always meets the target: when the argmax architecture's LUT latency misses it after
 ``epochs``, the latency weight is doubled and the search continues, one epoch at a time, for at
@@ -26,8 +30,10 @@ is returned, else the space's cheapest one. The log says which.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +140,47 @@ def _freeze(model: nn.Module) -> None:
             m.eval()
 
 
+def sample_archs(logits: list[Tensor], n: int, gen: torch.Generator) -> list[LatencyArch]:
+    """``n`` architectures drawn from ``softmax(logits[b])`` independently per block."""
+    probs = [torch.softmax(a.detach().float().cpu(), dim=0) for a in logits]
+    cols = [torch.multinomial(p, n, replacement=True, generator=gen) for p in probs]
+    return [LatencyArch(tuple(int(c[i]) for c in cols)) for i in range(n)]
+
+
+def reinforce_loss(
+    logits: list[Tensor],
+    task_loss: Callable[[LatencyArch], float],
+    n: int,
+    gen: torch.Generator,
+) -> Tensor:
+    """A surrogate whose gradient in ``logits`` estimates that of ``E_p[task_loss]``: ``n``
+    architectures drawn from ``p``, each weighted by its loss minus the mean of the others'
+    (leave-one-out baseline), times its log-probability; averaged."""
+    if n < 2:
+        raise ValueError(f"the leave-one-out baseline needs at least 2 draws, got {n}")
+    archs = sample_archs(logits, n, gen)
+    losses = torch.tensor([float(task_loss(a)) for a in archs])
+    advantage = losses - (losses.sum() - losses) / (n - 1)
+    logp = torch.stack(
+        [
+            sum(
+                torch.log_softmax(alpha, dim=0)[c]
+                for alpha, c in zip(logits, a.choices, strict=True)
+            )
+            for a in archs
+        ]
+    )
+    return (advantage.to(logp) * logp).mean()
+
+
+@torch.no_grad()
+def _task_loss(
+    model: nn.Module, body: LatencySupernet, arch: LatencyArch, images, targets
+) -> float:  # noqa: ANN001
+    body.set_active_subnet(arch)
+    return float(sum(model(images, targets).values()))
+
+
 def _argmax(logits: list[Tensor]) -> LatencyArch:
     return LatencyArch(tuple(int(a.argmax()) for a in logits))
 
@@ -193,7 +240,7 @@ def search_at(
                 weight,
             )
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch)
+        draws = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 7919)
         loader = DataLoader(
             data.train,
             batch_size=loader_bs,
@@ -209,18 +256,14 @@ def search_at(
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
                 for t in targets
             ]
-            for block, alpha in zip(body.blocks(), logits, strict=True):
-                hard = F.gumbel_softmax(alpha, tau=sc.temperature, hard=True)
-                block.active = int(hard.argmax())
-                block.gate = hard[block.active].to(device)
-            task = sum(model(images, targets).values())
             expected = table.expected(logits)
-            loss = task + weight * F.relu(expected - target) / target
+            loss = reinforce_loss(
+                logits, functools.partial(_task_loss, model, body, images=images, targets=targets),
+                sc.samples_per_step, draws,
+            ) + weight * F.relu(expected - target) / target  # fmt: skip
             opt.zero_grad()
             loss.backward()
             opt.step()
-        for block in body.blocks():
-            block.gate = None
         epoch += 1
         arch = _argmax(logits)
         score(arch, f"argmax epoch {epoch}")
