@@ -160,6 +160,18 @@ class TorchvisionBackbone(BackboneSpec):
         )
 
 
+class DarknetBackbone(BackboneSpec):
+    """Darknet-53, YOLOv3's backbone (:mod:`nasdet.models.darknet`, random weights)."""
+
+    name: Literal["darknet53"] = "darknet53"
+    width_mult: float = Field(1.0, gt=0.0, le=4.0, description="channel width multiplier")
+
+    def build(self) -> nn.Module:
+        from nasdet.models.darknet import darknet53
+
+        return darknet53(width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5)))
+
+
 class NeckSpec(Strict):
     """Base of every neck section (a union told apart by ``name``, like backbones)."""
 
@@ -374,7 +386,7 @@ class RunConfig(Config[B, N], Generic[B, N]):
         return self.model_dump(mode="json", include={"seed", "data", "model", "train", "eval"})
 
 
-BASE_SPECS: tuple[type[BackboneSpec], ...] = (TorchvisionBackbone,)
+BASE_SPECS: tuple[type[BackboneSpec], ...] = (TorchvisionBackbone, DarknetBackbone)
 BASE_NECKS: tuple[type[NeckSpec], ...] = (FPNNeck,)
 BaseConfig = Config[spec_union(BASE_SPECS), spec_union(BASE_NECKS)]  # type: ignore[misc]
 

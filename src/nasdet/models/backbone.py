@@ -38,6 +38,29 @@ class ShapeSpec:
     stride: int
 
 
+LEVELS = (2, 3, 4, 5)  # the feature levels a classification body offers (strides 4..32)
+
+
+def select_levels(
+    children: Sequence[tuple[str, int, int]], levels: Sequence[int]
+) -> tuple[dict[str, str], list[ShapeSpec]]:
+    """Pick, for each level L, the last child whose output stride is 2**L.
+
+    Args:
+        children: (child name, output stride, output channels) in execution order.
+        levels: feature levels wanted, increasing, each in 2..5.
+    """
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if bad or list(levels) != sorted(set(levels)):
+        raise ValueError(f"levels must be increasing values in {LEVELS}, got {list(levels)}")
+    return_layers, info = {}, []
+    for lv in levels:
+        name, stride, ch = [c for c in children if c[1] == 2**lv][-1]
+        return_layers[name] = f"c{lv}"
+        info.append(ShapeSpec(ch, stride))
+    return return_layers, info
+
+
 def check_backbone(backbone: nn.Module) -> list[ShapeSpec]:
     """Return ``backbone.feature_info`` after checking the contract; ``ValueError`` says what is
     missing."""

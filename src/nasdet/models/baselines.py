@@ -1,4 +1,5 @@
-"""Hand-crafted baseline backbones from torchvision classification networks.
+"""Hand-crafted baseline backbones from torchvision classification networks (and Darknet-53,
+YOLOv3's, from :mod:`nasdet.models.darknet`).
 
 Each builder returns a :class:`~nasdet.models.backbone.FeatureBackbone` with levels ``c2..c5``
 (strides 4, 8, 16, 32; ``levels`` picks a subset) and a width multiplier so CPU-sized variants
@@ -16,29 +17,8 @@ from torch import nn
 from torchvision.models._utils import _make_divisible
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from nasdet.models.backbone import FeatureBackbone, ShapeSpec
-
-LEVELS = (2, 3, 4, 5)
-
-
-def _select(
-    children: Sequence[tuple[str, int, int]], levels: Sequence[int]
-) -> tuple[dict[str, str], list[ShapeSpec]]:
-    """Pick, for each level L, the last child whose output stride is 2**L.
-
-    Args:
-        children: (child name, output stride, output channels) in execution order.
-        levels: feature levels wanted, increasing, each in 2..5.
-    """
-    bad = [lv for lv in levels if lv not in LEVELS]
-    if bad or list(levels) != sorted(set(levels)):
-        raise ValueError(f"levels must be increasing values in {LEVELS}, got {list(levels)}")
-    return_layers, info = {}, []
-    for lv in levels:
-        name, stride, ch = [c for c in children if c[1] == 2**lv][-1]
-        return_layers[name] = f"c{lv}"
-        info.append(ShapeSpec(ch, stride))
-    return return_layers, info
+from nasdet.models.backbone import FeatureBackbone, select_levels
+from nasdet.models.darknet import darknet53
 
 
 def _resnet_widths(width_mult: float) -> list[int]:
@@ -78,7 +58,7 @@ def _resnet_backbone(
     children = [("maxpool", 4, widths[0])] + [
         (f"layer{i + 1}", 2 ** (i + 2), widths[i] * block.expansion) for i in range(4)
     ]
-    return FeatureBackbone(_resnet(block, layers, width_mult), *_select(children, levels))
+    return FeatureBackbone(_resnet(block, layers, width_mult), *select_levels(children, levels))
 
 
 def resnet18(*, width_mult: float = 1.0, levels: Sequence[int] = (3, 4, 5)) -> FeatureBackbone:
@@ -98,7 +78,7 @@ def _mobilenet_backbone(features: nn.Sequential, levels: Sequence[int]) -> Featu
         if i == 0 or getattr(block, "_is_cn", False):
             stride *= 2
         children.append((str(i), stride, block.out_channels))
-    return FeatureBackbone(features, *_select(children, levels))
+    return FeatureBackbone(features, *select_levels(children, levels))
 
 
 def mobilenet_v2(
@@ -164,7 +144,7 @@ def shufflenet_v2(*, width_mult: float = 1.0, levels: Sequence[int] = (3, 4, 5))
         ("stage4", 32, widths[3]),
         ("conv5", 32, widths[4]),
     ]
-    return FeatureBackbone(model, *_select(children, levels))
+    return FeatureBackbone(model, *select_levels(children, levels))
 
 
 # The baseline backbones by config name: the one place that maps a name to its builder.
@@ -175,4 +155,5 @@ BASELINES: dict[str, Callable[..., FeatureBackbone]] = {
     "mobilenet_v3_large": mobilenet_v3_large,
     "mobilenet_v3_small": mobilenet_v3_small,
     "shufflenet_v2": shufflenet_v2,
+    "darknet53": darknet53,
 }

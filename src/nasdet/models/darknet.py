@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.models._utils import _make_divisible
 
-from nasdet.models.backbone import FeatureBackbone
-from nasdet.models.baselines import _select
+from nasdet.models.backbone import FeatureBackbone, select_levels
 
 DARKNET53_DEPTHS = (1, 2, 8, 8, 4)  # residual blocks per stage (strides 2, 4, 8, 16, 32)
 LEAKY_SLOPE = 0.1
@@ -86,4 +85,4 @@ def darknet53(*, width_mult: float = 1.0, levels: Sequence[int] = (3, 4, 5)) -> 
     """
     widths = darknet53_widths(width_mult)
     children = [(f"stage{i}", 2**i, widths[i]) for i in range(2, 6)]
-    return FeatureBackbone(Darknet(DARKNET53_DEPTHS, widths), *_select(children, levels))
+    return FeatureBackbone(Darknet(DARKNET53_DEPTHS, widths), *select_levels(children, levels))
