@@ -26,6 +26,13 @@ from nasdet.models.io import load_state_dict_checked
 BODY = "backbone.body."  # where a detector keeps its backbone body (torchvision's layout)
 
 
+def body_prefix(detector: nn.Module) -> str:
+    """Where ``detector`` keeps its backbone body in its state dict: :data:`BODY` when its
+    backbone wraps one (``backbone.body``), else ``"backbone."`` (YOLOv3 runs its body as its
+    backbone)."""
+    return BODY if hasattr(detector.backbone, "body") else "backbone."
+
+
 @runtime_checkable
 class Supernet(Protocol):
     """A backbone that holds many subnets (see the module docstring)."""
@@ -54,7 +61,8 @@ def export_subnet(
     neck and head are copied by name. Leaves ``genotype`` active in ``supernet``.
 
     Args:
-        supernet: a detector whose ``backbone.body`` follows the :class:`Supernet` protocol.
+        supernet: a detector whose ``backbone.body`` (or ``backbone``, see :func:`body_prefix`)
+            follows the :class:`Supernet` protocol.
         arch: the supernet detector's ``model`` section (``backbone`` a SupernetSpec).
         genotype: the subnet, as the spec's ``parse_genotype`` returns it.
         num_classes: classes of the detector, background included.
@@ -63,14 +71,15 @@ def export_subnet(
         The detector (eval mode) and its ``model`` section.
     """
     spec = supernet_spec(arch)
-    body = supernet.backbone.body
+    prefix = body_prefix(supernet)
+    body = supernet.get_submodule(prefix.rstrip("."))
     if not isinstance(body, Supernet):
         raise TypeError(f"{type(body).__name__} does not follow the supernet protocol")
     body.set_active_subnet(genotype)
     static = body.get_active_subnet(preserve_weight=True)
     sub_arch = arch.model_copy(update={"backbone": spec.subnet(genotype)})
     model = build_detector(sub_arch, num_classes, load_weights=False)
-    state = {k: v for k, v in supernet.state_dict().items() if not k.startswith(BODY)}
-    state.update({BODY + k: v for k, v in static.state_dict().items()})
+    state = {k: v for k, v in supernet.state_dict().items() if not k.startswith(prefix)}
+    state.update({prefix + k: v for k, v in static.state_dict().items()})
     load_state_dict_checked(model, state, f"supernet (subnet {genotype})")
     return model.eval(), sub_arch

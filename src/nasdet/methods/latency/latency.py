@@ -6,7 +6,7 @@ millions; ``measured:cpu`` / ``measured:cuda`` time each block variant with
 ``measured:onnxruntime`` exports each variant alone and times it with onnxruntime's CPU provider.
 
 Each variant is measured in place: on a tensor of the shape its block receives in the baseline
-network at ``resolution`` (batch 1). The network is the detector's backbone and head on a
+network at ``resolution`` (batch 1). The network is the detector's backbone, neck and head on a
 (1, 3, R, R) tensor (no pre-processing, no box decoding or NMS). The fixed part (stem, blocks
 that are not searched, extra levels, head) is the network's cost with every block at variant 0
 minus the variants 0: ``fixed = cost(baseline) - sum_b LUT[b][0]``. The predicted cost of an
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from nasdet.atomic import write_json_atomic
 from nasdet.cost.flops import count_flops
 from nasdet.cost.latency import measure_latency
-from nasdet.methods.latency.nets import LatencySupernet
+from nasdet.methods.latency.nets import LatencySupernet, space_body
 from nasdet.methods.latency.space import LatencyArch
 
 log = logging.getLogger(__name__)
@@ -93,19 +93,24 @@ class LatencyTable:
 
 
 class Network(nn.Module):
-    """A detector's backbone and head on a batch tensor (what the LUT times)."""
+    """A detector's backbone, neck and head on a batch tensor (what the LUT times): YOLOv3's
+    ``raw_outputs``, else ``head(backbone(x))`` (torchvision's detectors, whose neck is in the
+    backbone)."""
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
-        self.backbone, self.head = detector.backbone, detector.head
+        self.detector = detector
 
     def forward(self, x: Tensor) -> object:
-        return self.head(list(self.backbone(x).values()))
+        det = self.detector
+        if hasattr(det, "raw_outputs"):
+            return det.raw_outputs(x)
+        return det.head(list(det.backbone(x).values()))
 
 
 def block_inputs(detector: nn.Module, resolution: int) -> list[Tensor]:
     """A random tensor of the shape each searchable block receives at ``resolution``."""
-    body: LatencySupernet = detector.backbone.body
+    body: LatencySupernet = space_body(detector)
     shapes: list[torch.Size] = []
     hooks = [
         b.register_forward_pre_hook(lambda _m, a: shapes.append(a[0].shape)) for b in body.blocks()
@@ -136,7 +141,7 @@ def build_table(
 ) -> LatencyTable:
     """Measure the LUT of a space detector (:func:`~nasdet.methods.latency.nets.
     to_space_detector`) at ``resolution``; timed on one thread (``min_run_time`` s per entry)."""
-    body: LatencySupernet = detector.backbone.body
+    body: LatencySupernet = space_body(detector)
     before = body.active_subnet()
     detector.eval()
     try:

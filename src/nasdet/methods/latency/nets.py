@@ -2,14 +2,20 @@
 variants (ENOT's search space generated from the user's model).
 
 Variant 0 of a block is the baseline's block itself (the same module, the same weights); then one
-width-pruned copy per multiplier (its hidden, expanded channels cut to ``round(m * hidden)``,
-starting from the baseline's most important hidden channels), then ``skip`` (an identity) where
-the block has a residual (in == out channels, stride 1).
+width-pruned copy per multiplier (its hidden channels cut to ``round(m * hidden)``, keeping the
+baseline's most important hidden channels), then ``skip`` (an identity) where the block may be
+skipped (its output is its input plus a residual branch).
 
 Which blocks are searchable, and how one is pruned, is the baseline's business: a baseline is
-supported by one entry in :data:`BLOCK_KINDS` (a module type and its pruning function) and its
-body's children are scanned in order. MobileNetV2's inverted residuals with an expansion conv
-are the first kind.
+supported by one entry in :data:`BLOCK_KINDS` (a test, a pruning function and a skip rule). The
+body is scanned depth-first in child order: a searchable module becomes a variant container where
+it sits (named by its dotted path, e.g. ``"3"`` for a MobileNetV2 block, ``"layer2.1"`` for a
+ResNet bottleneck, ``"stage3.4"`` for a Darknet residual); other modules are searched inside.
+The kinds: MobileNetV2's inverted residuals with an expansion conv, Darknet-53's residual blocks
+(YOLOv3) and torchvision's ResNet bottlenecks (RetinaNet).
+
+A hidden channel's importance is always the L1 norm of the input weights that read it in the next
+conv (``sum |W_next[:, h]|``), as Once-for-All ranks channels.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import Bottleneck
 
 from nasdet.methods.latency.space import LatencyArch, LatencySpace
 from nasdet.models.backbone import FeatureBackbone
+from nasdet.models.darknet import DarknetResidual
 
 DEFAULT_MULTIPLIERS = (0.9, 0.75, 0.5, 0.25, 0.1)
 
@@ -33,18 +42,29 @@ def _is_expanding_ir(block: nn.Module) -> bool:
     return isinstance(block, InvertedResidual) and len(block.conv) == 4
 
 
+def l1_importance(next_conv: nn.Conv2d) -> Tensor:
+    """Importance of each input channel of ``next_conv``: the L1 norm of its input weights
+    (``|W[:, h]|``, summed over outputs and kernel)."""
+    return next_conv.weight.detach().abs().sum(dim=(0, 2, 3))
+
+
 def ir_importance(block: InvertedResidual) -> Tensor:
     """Importance of each hidden channel of an inverted residual: the L1 norm of the projection
     conv's input weights (``|W_proj[:, h]|``, summed), as Once-for-All ranks channels."""
-    return block.conv[2].weight.detach().abs().sum(dim=(0, 2, 3))
+    return l1_importance(block.conv[2])
+
+
+def top_channels(importance: Tensor, multiplier: float) -> Tensor:
+    """The ``max(1, round(m * n))`` most important of ``n`` channels, in increasing index
+    order."""
+    k = max(1, round(multiplier * importance.numel()))
+    return torch.sort(torch.topk(importance, k).indices).values
 
 
 def kept_channels(block: InvertedResidual, multiplier: float) -> Tensor:
     """The hidden channels a variant at ``multiplier`` keeps: the ``max(1, round(m * hidden))``
     most important ones (:func:`ir_importance`), in increasing index order."""
-    imp = ir_importance(block)
-    k = max(1, round(multiplier * imp.numel()))
-    return torch.sort(torch.topk(imp, k).indices).values
+    return top_channels(ir_importance(block), multiplier)
 
 
 def _slice_conv(conv: nn.Conv2d, out_idx: Tensor | None, in_idx: Tensor | None) -> nn.Conv2d:
@@ -97,19 +117,80 @@ def prune_ir(block: nn.Module, multiplier: float) -> nn.Module:
     return prune_inverted_residual(block, kept_channels(block, multiplier))
 
 
-def has_skip(block: nn.Module) -> bool:
-    """Whether the block may be skipped: it has a residual (in == out channels, stride 1)."""
-    return bool(getattr(block, "use_res_connect", False))
+def darknet_kept_channels(block: DarknetResidual, multiplier: float) -> Tensor:
+    """The hidden channels (the 1x1 conv's outputs) a Darknet residual variant keeps: the most
+    important by the L1 norm of the 3x3 conv's input weights."""
+    return top_channels(l1_importance(block.conv2.conv), multiplier)
 
 
-#: searchable block kinds: (is this child searchable?, prune it to a width multiplier)
-BLOCK_KINDS: list[tuple[Callable[[nn.Module], bool], Callable[[nn.Module, float], nn.Module]]] = [
-    (_is_expanding_ir, prune_ir),
+def prune_darknet_residual(block: DarknetResidual, keep: Tensor) -> DarknetResidual:
+    """A copy of ``block`` with only the hidden channels ``keep`` (1x1 conv outputs and BN, 3x3
+    conv inputs); the module layout unchanged."""
+    new = copy.deepcopy(block)
+    new.conv1.conv = _slice_conv(block.conv1.conv, keep, None)
+    new.conv1.bn = _slice_bn(block.conv1.bn, keep)
+    new.conv2.conv = _slice_conv(block.conv2.conv, None, keep)
+    return new
+
+
+def prune_darknet(block: nn.Module, multiplier: float) -> nn.Module:
+    return prune_darknet_residual(block, darknet_kept_channels(block, multiplier))
+
+
+def bottleneck_kept_channels(block: Bottleneck, multiplier: float) -> tuple[Tensor, Tensor]:
+    """The channels a ResNet bottleneck variant keeps of its two hidden widths: conv1's outputs
+    ranked by conv2's input weights, conv2's outputs ranked by conv3's (L1 norms)."""
+    return (
+        top_channels(l1_importance(block.conv2), multiplier),
+        top_channels(l1_importance(block.conv3), multiplier),
+    )
+
+
+def prune_bottleneck(block: nn.Module, multiplier: float) -> nn.Module:
+    """A copy of a ResNet ``Bottleneck`` with its width (conv1 and conv2 outputs, their BNs, the
+    inputs of conv2 and conv3) cut to :func:`bottleneck_kept_channels`; ``downsample`` kept."""
+    keep1, keep2 = bottleneck_kept_channels(block, multiplier)
+    new = copy.deepcopy(block)
+    new.conv1 = _slice_conv(block.conv1, keep1, None)
+    new.bn1 = _slice_bn(block.bn1, keep1)
+    new.conv2 = _slice_conv(block.conv2, keep2, keep1)
+    new.bn2 = _slice_bn(block.bn2, keep2)
+    new.conv3 = _slice_conv(block.conv3, None, keep2)
+    return new
+
+
+def _is_bottleneck(block: nn.Module) -> bool:
+    return isinstance(block, Bottleneck) and block.conv2.groups == 1
+
+
+class BlockKind(NamedTuple):
+    """A searchable block kind: which modules it is, how one is pruned to a width multiplier,
+    and whether a block may be skipped (replaced by an identity)."""
+
+    matches: Callable[[nn.Module], bool]
+    prune: Callable[[nn.Module, float], nn.Module]
+    skippable: Callable[[nn.Module], bool]
+
+
+#: the searchable block kinds, tried in order
+BLOCK_KINDS: list[BlockKind] = [
+    # MobileNetV2: a residual when in == out channels and stride 1
+    BlockKind(_is_expanding_ir, prune_ir, lambda b: bool(b.use_res_connect)),
+    # Darknet-53: always x + f(x)
+    BlockKind(lambda b: isinstance(b, DarknetResidual), prune_darknet, lambda b: True),
+    # ResNet: the identity shortcut only without a downsample
+    BlockKind(_is_bottleneck, prune_bottleneck, lambda b: b.downsample is None),
 ]
 
 
-def _kind(block: nn.Module) -> Callable[[nn.Module, float], nn.Module] | None:
-    return next((prune for test, prune in BLOCK_KINDS if test(block)), None)
+def _kind(block: nn.Module) -> BlockKind | None:
+    return next((kind for kind in BLOCK_KINDS if kind.matches(block)), None)
+
+
+def has_skip(block: nn.Module) -> bool:
+    """Whether a searchable block may be skipped: its output is its input plus a residual."""
+    kind = _kind(block)
+    return kind is not None and kind.skippable(block)
 
 
 # ----------------------------------------------------------------------------- containers
@@ -124,10 +205,10 @@ class VariantBlock(nn.Module):
         self, block: nn.Module, multipliers: Sequence[float], *, skip: bool = True
     ) -> None:
         super().__init__()
-        prune = _kind(block)
-        if prune is None:
+        kind = _kind(block)
+        if kind is None:
             raise ValueError(f"{type(block).__name__} is not a searchable block kind")
-        variants = [block] + [prune(block, m) for m in multipliers]
+        variants = [block] + [kind.prune(block, m) for m in multipliers]
         mults = [1.0, *multipliers]
         if skip and has_skip(block):
             variants.append(nn.Identity())
@@ -142,9 +223,26 @@ class VariantBlock(nn.Module):
         return self.variants[self.active](x)
 
 
+def _wrap_blocks(
+    module: nn.Module, prefix: str, multipliers: Sequence[float], skip: bool
+) -> list[str]:
+    """Replace, in place and depth-first in child order, every searchable module under
+    ``module`` by a :class:`VariantBlock`; their dotted paths (below ``module``), in order."""
+    names: list[str] = []
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        if _kind(child) is not None:
+            setattr(module, name, VariantBlock(child, multipliers, skip=skip))
+            names.append(path)
+        else:
+            names += _wrap_blocks(child, f"{path}.", multipliers, skip)
+    return names
+
+
 class LatencySupernet(FeatureBackbone):
-    """A baseline :class:`FeatureBackbone` whose searchable children are :class:`VariantBlock`
-    (the same child names; the other children are the baseline's modules).
+    """A baseline :class:`FeatureBackbone` whose searchable blocks are :class:`VariantBlock`
+    where they sat (the same child names and paths; the other modules are the baseline's, so the
+    baseline body is consumed). ``block_names``: the blocks' dotted paths, in execution order.
 
     The supernet protocol of :mod:`nasdet.search.supernet`: ``set_active_subnet``,
     ``sample_active_subnet``, ``get_active_subnet``.
@@ -159,15 +257,15 @@ class LatencySupernet(FeatureBackbone):
     ) -> None:
         nn.ModuleDict.__init__(self)
         for name, child in body.items():
-            self[name] = VariantBlock(child, multipliers, skip=skip) if _kind(child) else child
+            self[name] = child
         self.return_layers = dict(body.return_layers)
         self.feature_info = list(body.feature_info)
         self.out_channels = list(body.out_channels)
-        self.block_names = [n for n, c in self.items() if isinstance(c, VariantBlock)]
-        self.space = LatencySpace(tuple(len(self[n].variants) for n in self.block_names))
+        self.block_names = _wrap_blocks(self, "", multipliers, skip)
+        self.space = LatencySpace(tuple(len(b.variants) for b in self.blocks()))
 
     def blocks(self) -> list[VariantBlock]:
-        return [self[n] for n in self.block_names]
+        return [self.get_submodule(n) for n in self.block_names]
 
     def set_active_subnet(self, arch: LatencyArch) -> None:
         for block, c in zip(self.blocks(), self.space.check(arch).choices, strict=True):
@@ -182,12 +280,11 @@ class LatencySupernet(FeatureBackbone):
         return arch
 
     def get_active_subnet(self, preserve_weight: bool = True) -> FeatureBackbone:
-        """The static backbone of the active architecture: the chosen variants' modules
-        (copied), the other children copied; the children keep their names."""
-        children = OrderedDict(
-            (n, copy.deepcopy(c.variants[c.active] if isinstance(c, VariantBlock) else c))
-            for n, c in self.items()
-        )
+        """The static backbone of the active architecture: each block replaced by its chosen
+        variant, everything copied; modules keep their names and paths."""
+        chosen = {id(b): b.variants[b.active] for b in self.blocks()}
+        memo = {i: copy.deepcopy(v) for i, v in chosen.items()}  # deepcopy puts them in place
+        children = OrderedDict((n, copy.deepcopy(c, memo)) for n, c in self.items())
         static = _static_backbone(children, self.return_layers, self.feature_info)
         if not preserve_weight:
             for m in static.modules():
@@ -203,12 +300,23 @@ def _static_backbone(
     return FeatureBackbone(seq, dict(return_layers), info)
 
 
+def space_body(detector: nn.Module) -> LatencySupernet:
+    """The space of a space detector: ``detector.backbone.body`` (SSD's extra levels,
+    RetinaNet's FPN hold the body), else ``detector.backbone`` (YOLOv3's)."""
+    holder = detector.backbone
+    return getattr(holder, "body", holder)
+
+
 def to_space_detector(
     detector: nn.Module, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, skip: bool = True
 ) -> nn.Module:
     """Turn a baseline detector (weights loaded) into the search space's detector, in place:
-    its backbone body becomes a :class:`LatencySupernet` whose variant 0 are the baseline's
-    blocks and whose pruned variants start from the baseline's most important channels."""
+    its backbone body (:func:`space_body`) becomes a :class:`LatencySupernet` whose variant 0
+    are the baseline's blocks and whose pruned variants start from the baseline's most important
+    channels."""
     holder = detector.backbone
-    holder.body = LatencySupernet(holder.body, multipliers, skip=skip)
+    if hasattr(holder, "body"):
+        holder.body = LatencySupernet(holder.body, multipliers, skip=skip)
+    else:
+        detector.backbone = LatencySupernet(holder, multipliers, skip=skip)
     return detector

@@ -58,7 +58,7 @@ from nasdet.methods.latency.common import (
 )
 from nasdet.methods.latency.config import LatencyRunConfig, Search
 from nasdet.methods.latency.latency import LatencyTable
-from nasdet.methods.latency.nets import LatencySupernet
+from nasdet.methods.latency.nets import LatencySupernet, space_body
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.models.io import atomic_save, save_model
 from nasdet.search.records import Record, RecordStore
@@ -93,7 +93,7 @@ class _Scorer:
         found = done(self.store, self.step, name)
         if found is not None:
             return found
-        body: LatencySupernet = self.model.backbone.body
+        body: LatencySupernet = space_body(self.model)
         body.set_active_subnet(arch)
         scored_on = self.data.search if self.data.search is not None else self.data.val
         metrics = evaluate(
@@ -202,7 +202,7 @@ def search_at(
     device = resolve_device(cfg.train.device)
     model = load_space(space_path).to(device)
     set_resolution(model, resolution)
-    body: LatencySupernet = model.backbone.body
+    body: LatencySupernet = space_body(model)
     table: LatencyTable = lut(cfg, out, model.cpu(), resolution)
     model.to(device)
     score = _Scorer(cfg, store, step, model, data, table, device)
@@ -392,7 +392,7 @@ def choices_table(body: LatencySupernet, arch: LatencyArch, table: LatencyTable)
 
 def log_choices(model: nn.Module, outcome: SearchOutcome, table: LatencyTable) -> list[dict]:
     """Log the per-block choices of the searched architecture; returns them."""
-    rows = choices_table(model.backbone.body, outcome.arch, table)
+    rows = choices_table(space_body(model), outcome.arch, table)
     log.info("per-block choices of %s at %d px (%s):", outcome.arch.to_list(),
              outcome.resolution, table.unit)  # fmt: skip
     for r in rows:

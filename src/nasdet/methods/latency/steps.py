@@ -40,6 +40,7 @@ from nasdet.methods.latency.common import (
     space_model,
 )
 from nasdet.methods.latency.config import LatencyRunConfig, TrainConfig
+from nasdet.methods.latency.nets import space_body
 from nasdet.methods.latency.search import SearchOutcome, genotype_of, search
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.methods.latency.teacher import BaselineDistill
@@ -133,7 +134,7 @@ def pretrain(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Path:
     tcfg = TrainConfig.model_validate({**cfg.base(), "train": train.model_dump(mode="json")})
     data = build_datasets(cfg.data, seed=cfg.seed)
     model = space_from_baseline(cfg, Path(ckpt), len(data.categories) + 1)
-    body = model.backbone.body
+    body = space_body(model)
     sizes = resolutions(getattr(pc, "resolution_range", None), cfg.model.min_size)
     trainer = make_trainer(
         model,
