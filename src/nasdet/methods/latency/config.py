@@ -1,10 +1,10 @@
 """Latency-constrained search run config (``method: latency``), with the seed's step names.
 
-``model`` is the user's baseline detector (``backbone: mobilenet_v2``, the first baseline with a
-searchable block kind); ``train`` is its training setup, used unchanged by ``baseline`` and
-``tune`` so that the comparison is fair. Steps, in order: ``baseline`` (optional) →
-``pretrain`` or ``multiresolution_pretrain`` → ``search`` or ``search_with_resolution`` →
-``tune``.
+``model`` is the user's baseline detector on a backbone with a searchable block kind
+(``mobilenet_v2``: ssdlite, yolov3; ``darknet53``: yolov3; ``resnet50``: retinanet); ``train`` is
+its training setup, used unchanged by ``baseline`` and ``tune`` so that the comparison is fair.
+Steps, in order: ``baseline`` (optional) → ``pretrain`` or ``multiresolution_pretrain`` →
+``search`` or ``search_with_resolution`` → ``tune``.
 """
 
 from __future__ import annotations
@@ -148,9 +148,17 @@ class LatencyRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
     @model_validator(mode="after")
     def _latency(self) -> LatencyRunConfig:
         if self.model.backbone.name not in SEARCHABLE_BASELINES:
+            *first, last = SEARCHABLE_BASELINES
             raise ValueError(
-                "model.backbone: the latency space is made from a "
-                f"{' or '.join(SEARCHABLE_BASELINES)} baseline, got {self.model.backbone.name}"
+                f"model.backbone: the latency space is made from a {', '.join(first)} or {last} "
+                f"baseline, got {self.model.backbone.name}"
+            )
+        pc = self.pretrain_cfg
+        if pc is not None and pc.distill and self.model.detector == "yolov3":
+            key = "multiresolution_pretrain" if self.multiresolution_pretrain else "pretrain"
+            raise ValueError(
+                f"{key}.distill: distillation reads the cls_logits / bbox_regression head outputs "
+                "of torchvision's detectors (ssd, ssdlite, retinanet...), not yolov3's maps"
             )
         steps = self.steps
         for a, b in (

@@ -1,6 +1,7 @@
 """The latency method's model parts as config sections: the search space and a searched net.
 
 ``model.backbone: {name: latency_space, baseline: mobilenet_v2, width_mult: 1.0, levels: [4, 5]}``
+(``baseline``: one of :data:`SEARCHABLE_BASELINES`)
 is the space made from the baseline backbone (its searchable blocks as variant containers);
 ``{name: latency_subnet, ..., arch: [0, 3, 6, ...]}`` the static net of one architecture. Both
 build from the baseline's structure alone (random weights; a model file or ``baseline_ckpt``
@@ -20,11 +21,13 @@ from nasdet.methods.latency.nets import DEFAULT_MULTIPLIERS, LatencySupernet
 from nasdet.methods.latency.space import LatencyArch, LatencySpace
 from nasdet.models.baselines import BASELINES
 
-SEARCHABLE_BASELINES = ("mobilenet_v2",)
+#: the baseline backbones with a searchable block kind (``nets.BLOCK_KINDS``):
+#: MobileNetV2 (ssd_mobilenetv2, yolov3_mobilenetv2), Darknet-53 (yolov3), ResNet-50 (retinanet)
+SEARCHABLE_BASELINES = ("mobilenet_v2", "darknet53", "resnet50")
 
 
 class _LatencySpec(BackboneSpec):
-    baseline: Literal["mobilenet_v2"] = Field(
+    baseline: Literal["mobilenet_v2", "darknet53", "resnet50"] = Field(
         "mobilenet_v2", description="the baseline backbone the space is made from"
     )
     width_mult: float = Field(1.0, gt=0.0, le=4.0, description="the baseline's width multiplier")
