@@ -178,3 +178,22 @@ def test_the_static_subnet_runs_what_the_space_runs(name: str) -> None:
     x = torch.rand(1, 3, 64, 64)
     for got, want in zip(_outputs(static, x), _outputs(space.eval(), x), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_set_resolution_matches_a_detector_built_at_that_size() -> None:
+    """YOLOv3's anchors follow the input side (as the tune step's detector, built at the searched
+    side, has them); RetinaNet keeps its aspect-preserving resize (short side, long-side limit)."""
+    from nasdet.methods.latency.common import set_resolution
+
+    yolo = build_detector(Model.model_validate(YOLO_DARKNET), 11)
+    for size in (96, 128, 64, 128):
+        set_resolution(yolo, size)
+    ref = build_detector(
+        Model.model_validate({**YOLO_DARKNET, "min_size": 128, "max_size": 128}), 11
+    )
+    torch.testing.assert_close(yolo.anchors, ref.anchors)
+    assert yolo.transform([torch.rand(3, 50, 70)])[0].tensors.shape[-2:] == (128, 128)
+    retina = build_detector(Model.model_validate(RETINANET), 11).eval()
+    set_resolution(retina, 96)
+    images, _ = retina.transform([torch.rand(3, 40, 80)])
+    assert images.image_sizes == [(48, 96)] and retina.transform.fixed_size is None

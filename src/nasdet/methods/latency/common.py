@@ -15,6 +15,7 @@ from nasdet.methods.latency.latency import LatencyTable, cached_table
 from nasdet.methods.latency.nets import to_space_detector
 from nasdet.methods.latency.parts import space_spec
 from nasdet.models.io import load_state_dict_checked, read_model_file
+from nasdet.models.yolov3 import YOLOv3
 from nasdet.search.records import Record, RecordStore
 
 
@@ -38,10 +39,18 @@ def load_space(path: Path) -> nn.Module:
 
 
 def set_resolution(detector: nn.Module, size: int) -> None:
-    """Make a torchvision detector resize its inputs to ``size`` x ``size`` from now on (SSD's
-    ``fixed_size``; the default boxes follow the feature maps)."""
+    """Make a detector take ``size`` px inputs from now on, as one built with ``min_size =
+    max_size = size`` would: SSD and YOLOv3 (a ``fixed_size`` transform) resize to a ``size``
+    square, the others' short side to ``size`` with the long side at most ``size``. SSD's
+    default boxes follow the feature maps; YOLOv3's anchors are scaled with the input side."""
     t = detector.transform
-    t.fixed_size = (size, size)
+    if isinstance(detector, YOLOv3):  # from the anchors at the size it was built for
+        if not hasattr(detector, "_built_anchors"):
+            detector._built_anchors = (detector.anchors.clone(), t.fixed_size[0])
+        anchors, built = detector._built_anchors
+        detector.anchors.copy_(anchors.to(detector.anchors.device) * (size / built))
+    if t.fixed_size is not None:
+        t.fixed_size = (size, size)
     t.min_size = (size,)
     t.max_size = size
 
