@@ -197,3 +197,20 @@ def test_set_resolution_matches_a_detector_built_at_that_size() -> None:
     set_resolution(retina, 96)
     images, _ = retina.transform([torch.rand(3, 40, 80)])
     assert images.image_sizes == [(48, 96)] and retina.transform.fixed_size is None
+
+
+def test_run_config_accepts_the_three_detectors_and_refuses_yolov3_distillation() -> None:
+    from pydantic import ValidationError
+
+    from nasdet.methods.latency.config import LatencyRunConfig
+
+    for arch in BASELINES.values():
+        LatencyRunConfig.model_validate({"method": "latency", "model": arch, "pretrain": {}})
+    with pytest.raises(ValidationError, match="pretrain.distill: .* not yolov3"):
+        LatencyRunConfig.model_validate(
+            {"method": "latency", "model": YOLO_DARKNET, "pretrain": {"distill": True}}
+        )
+    with pytest.raises(ValidationError, match="mobilenet_v2, darknet53 or resnet50 baseline"):
+        LatencyRunConfig.model_validate(
+            {"method": "latency", "model": {**RETINANET, "backbone": {"name": "resnet18"}}}
+        )
