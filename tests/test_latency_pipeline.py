@@ -238,3 +238,20 @@ def test_searched_arch_option_sets_tune_and_counts_as_config(
     pretrain_only = _write(tmp_path, latency_config(digits_root, pretrain={}), "p.yaml")
     assert run(json.dumps(searched), "--steps", "pretrain", config=pretrain_only) == 2
     assert "have no tune — add tune to --steps" in capsys.readouterr().err
+
+
+def test_report_compares_baseline_and_searched_with_choices_and_plot(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index('id="method-0"') : page.index('id="step-0"')]
+    assert "Latency search: baseline vs searched" in section
+    comparison, blocks = section.split("<table>")[1:3]
+    assert "baseline step (train)" in comparison and "tune (train)" in comparison
+    for header in ("resolution (px)", "mAP", "LUT cost (MMAC)", "vs baseline", "params"):
+        assert f"<th>{header}</th>" in comparison
+    assert "<td>[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]</td>" in comparison
+    assert '<td class="num">64</td>' in comparison and "3.6043" in comparison
+    rows = json.loads((run_dir / "output" / "search" / "choices.json").read_text())
+    assert blocks.count("<tr") == 1 + len(rows) == 17
+    assert "baseline block (MMAC)" in blocks
+    assert re.search(r'alt="architectures visited by the search at 64 px" '
+                     r'src="data:image/png;base64,', section)  # fmt: skip

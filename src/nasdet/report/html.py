@@ -26,6 +26,7 @@ from nasdet.report._format import (
     is_number,
 )
 from nasdet.report.plots import Point
+from nasdet.report.sections import Scatter, Section, Table
 from nasdet.search.pareto import Objective, pareto_records, parse_objectives
 from nasdet.search.records import Record, RecordStore, RecordStoreError
 
@@ -285,6 +286,60 @@ def _failures_section(ctx: _Context) -> str:
     return "".join(parts)
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return '<span class="muted">—</span>'
+    if isinstance(value, float) and is_number(value):
+        return f"{value:.4f}"
+    return escape(str(value))
+
+
+def _table_html(table: Table) -> str:
+    cells = [[_cell(v) for v in row] for row in table.rows]
+    classes = [
+        "num" if all(isinstance(row[j], int | float) for row in table.rows if row[j] is not None)
+        else ""
+        for j in range(len(table.headers))
+    ]  # fmt: skip
+    marked = ["winner" if i in set(table.marked) else "" for i in range(len(cells))]
+    caption = f"<p>{escape(table.caption)}</p>" if table.caption else ""
+    return caption + html_table(table.headers, cells, classes, marked)
+
+
+def _scatter_html(plot: Scatter) -> str:
+    if not plot.points:
+        return ""
+    png = plots.pareto_plot(
+        plot.points,
+        [],
+        x_key=plot.x_label,
+        y_key=plot.y_label,
+        title=plot.title,
+        baseline=plot.baseline,
+        winner=plot.chosen,
+        labels=(plot.x_label, plot.y_label),
+        winner_name="chosen",
+        x_line=plot.x_line,
+    )
+    caption = f"<figcaption>{escape(plot.caption)}</figcaption>" if plot.caption else ""
+    return (
+        f'<figure><img alt="{escape(plot.title)}" src="data:image/png;base64,{png}">'
+        f"{caption}</figure>"
+    )
+
+
+def _method_section(index: int, section: Section) -> str:
+    parts = [f'<section id="method-{index}"><h2>{escape(section.title)}</h2>']
+    if section.text:
+        parts.append(f"<p>{escape(section.text)}</p>")
+    parts.extend(_table_html(t) for t in section.tables)
+    figures = "".join(_scatter_html(p) for p in section.plots)
+    if figures:
+        parts.append(f'<div class="plots">{figures}</div>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
 # -- page ------------------------------------------------------------------------------------
 
 
@@ -313,6 +368,7 @@ def write_report(
     baseline: Record | Mapping[str, Any] | None = None,
     winner_id: int | None = None,
     title: str = "nasdet search",
+    sections: Sequence[Section] = (),
 ) -> Path:
     """Write ``out_dir/report.html``, a self-contained page about a search run.
 
@@ -334,6 +390,8 @@ def write_report(
         winner_id: the record chosen as the search's result, marked everywhere; a missing
             record is logged and left out.
         title: the page title.
+        sections: a method's own sections (:mod:`nasdet.report.sections`), shown after the
+            summary.
 
     Returns:
         The path of the written file (replaced atomically).
@@ -367,6 +425,7 @@ def write_report(
         f"<h1>{escape(title)}</h1>",
         f'<p class="muted">records: {escape(str(store.path))}; written {fmt_time(time.time())}</p>',
         _summary(ctx),
+        *(_method_section(i, section) for i, section in enumerate(sections)),
         *(_step_section(ctx, i, step) for i, step in enumerate(steps)),
         _lineage_section(ctx, store),
         _failures_section(ctx),
@@ -381,5 +440,3 @@ def write_report(
     write_text_atomic(path, page)
     logger.info("wrote the report of %d step(s) to %s", len(steps), path)
     return path
-
-

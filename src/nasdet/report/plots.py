@@ -62,6 +62,9 @@ def pareto_plot(
     title: str,
     baseline: Point | None = None,
     winner: Point | None = None,
+    labels: tuple[str, str] | None = None,
+    winner_name: str = "winner",
+    x_line: tuple[float, str] | None = None,
 ) -> str:
     """Scatter of every candidate with the Pareto front drawn as a staircase.
 
@@ -72,12 +75,18 @@ def pareto_plot(
         title: figure title (shown as is; no math text).
         baseline: drawn as a star with its label, if given.
         winner: circled and labelled, if given.
+        labels: the x and y axis labels, the values then shown as given (default: from
+            :func:`axis_scale` of the keys).
+        winner_name: the winner's name in the legend.
+        x_line: a vertical line at this x (stored units) with its legend label (a limit).
 
     Returns:
         The PNG image, base64-encoded.
     """
     x_div, x_label = axis_scale(x_key)
     y_div, y_label = axis_scale(y_key)
+    if labels is not None:
+        (x_div, x_label), (y_div, y_label) = (1.0, labels[0]), (1.0, labels[1])
     fig = Figure(figsize=_FIGSIZE, layout="constrained")
     ax = fig.add_subplot()
     ax.scatter(
@@ -124,10 +133,10 @@ def pareto_plot(
             edgecolors="#2b8a3e",
             linewidth=2,
             zorder=5,
-            label="winner",
+            label=winner_name,
         )
         ax.annotate(
-            winner.label or "winner",
+            winner.label or winner_name,
             (wx, wy),
             xytext=(6, 6),
             textcoords="offset points",
@@ -135,11 +144,13 @@ def pareto_plot(
             color="#2b8a3e",
             parse_math=False,
         )
+    if x_line is not None:
+        ax.axvline(x_line[0] / x_div, color="#c92a2a", linestyle="--", linewidth=1, label=x_line[1])
     ax.set_xlabel(x_label, parse_math=False)
     ax.set_ylabel(y_label, parse_math=False)
     ax.set_title(title, fontsize=10, parse_math=False)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right" if labels is None else "best")
     return _png_base64(fig)
 
 

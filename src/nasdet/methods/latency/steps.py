@@ -40,6 +40,7 @@ from nasdet.methods.latency.common import (
     space_model,
 )
 from nasdet.methods.latency.config import LatencyRunConfig, TrainConfig
+from nasdet.methods.latency.report import sections as report_sections
 from nasdet.methods.latency.search import SearchOutcome, genotype_of, search
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.methods.latency.teacher import BaselineDistill
@@ -311,7 +312,16 @@ def run(cfg: LatencyRunConfig, out: Path) -> MethodResult:
             outcome.resolution,
             outcome.how,
         )
+    sections = report_sections(
+        cfg,
+        store,
+        out,
+        base=base or done(store, "baseline", "baseline"),
+        tuned=final if final is not None and final.step == "tune" else None,
+        chosen=outcome.record if outcome is not None else None,
+    )
     return MethodResult(
+        sections=sections,
         final=final,
         baseline=base,
         baseline_note=note,
