@@ -244,6 +244,8 @@ def test_report_compares_baseline_and_searched_with_choices_and_plot(run_dir: Pa
     page = (run_dir / "report.html").read_text()
     section = page[page.index('id="method-0"') : page.index('id="step-0"')]
     assert "Latency search: baseline vs searched" in section
+    summary = page[page.index('id="summary"') : page.index('id="method-0"')]
+    assert "3.604 MMAC" in summary and not re.search(r"\d ms", page)  # the LUT's unit, not ms
     comparison, blocks = section.split("<table>")[1:3]
     assert "baseline step (train)" in comparison and "tune (train)" in comparison
     for header in ("resolution (px)", "mAP", "LUT cost (MMAC)", "vs baseline", "params"):

@@ -155,7 +155,8 @@ def test_method_sections_render_tables_and_plots_escaped(
     )  # fmt: skip
     path = write_report(
         tmp_path, store, steps=["parallel"], sections=[Section("Extra <s>", "text & more",
-                                                               [table], [plot])]
+                                                               [table], [plot])],
+        units={"params": "weights"},
     )  # fmt: skip
     page = path.read_text(encoding="utf-8")
     checker = _TagChecker()
@@ -168,3 +169,4 @@ def test_method_sections_render_tables_and_plots_escaped(
     assert "1.5000" in section and "—" in section
     png = re.search(r'alt="visited &lt;all&gt;" src="data:image/png;base64,([^"]+)"', section)
     assert png and base64.b64decode(png.group(1)).startswith(_PNG_SIGNATURE)
+    assert "9.5e+06 weights" in page and "9.500 M" not in page  # the unit the run gave

@@ -33,6 +33,8 @@ class MethodResult:
         model: the winner's model file when it is not ``final.weights_path``.
         sections: the method's own report sections (tables and plots as plain data), shown
             after the summary.
+        units: the unit of a cost or metric key whose name does not say it (e.g.
+            ``{"latency_lut": "MMAC"}``), for the report's tables and axes.
     """
 
     final: Record | None
@@ -42,6 +44,7 @@ class MethodResult:
     objectives: list[str] = field(default_factory=lambda: ["mAP", "params"])
     model: Path | None = None
     sections: list[Section] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

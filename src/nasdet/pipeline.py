@@ -157,6 +157,7 @@ def _report(out: Path, method: Method, result: MethodResult) -> Path:
         winner_id=result.final.id if result.final else None,
         title=f"nasdet {method.title}",
         sections=result.sections,
+        units=result.units,
     )
 
 

@@ -75,10 +75,10 @@ def lineage(store: RecordStore, record_id: int) -> list[Record]:
     return _lineage(store, record_id)[0]
 
 
-def _record_cells(rec: Record, keys: Sequence[str]) -> list[str]:
+def _record_cells(ctx: _Context, rec: Record, keys: Sequence[str]) -> list[str]:
     values = rec.values()
     parent = "—" if rec.parent_id is None else str(rec.parent_id)
-    return [str(rec.id), escape(rec.genotype), parent, *(fmt_value(k, values.get(k)) for k in keys)]
+    return [str(rec.id), escape(rec.genotype), parent, *(ctx.fmt(k, values.get(k)) for k in keys)]
 
 
 # -- sections --------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def _summary(ctx: _Context) -> str:
     ]
     if best is not None:
         items.append(
-            f"<li>best {escape(ctx.y_key)}: {fmt_value(ctx.y_key, best.metrics[ctx.y_key])} "
+            f"<li>best {escape(ctx.y_key)}: {ctx.fmt(ctx.y_key, best.metrics[ctx.y_key])} "
             f"(record {best.id}, step {escape(best.step)}, <code>{escape(best.genotype)}</code>)"
             "</li>"
         )
@@ -130,13 +130,13 @@ def _summary(ctx: _Context) -> str:
         w = ctx.winner
         items.append(
             f"<li>winner: record {w.id} (step {escape(w.step)}), <code>{escape(w.genotype)}</code>"
-            + "".join(f", {escape(k)} {fmt_value(k, w.values().get(k))}" for k in ctx.table_keys)
+            + "".join(f", {escape(k)} {ctx.fmt(k, w.values().get(k))}" for k in ctx.table_keys)
             + "</li>"
         )
     if ctx.baseline_label:
         items.append(
             f"<li>baseline: {escape(ctx.baseline_label)}"
-            + "".join(f", {escape(k)} {fmt_value(k, ctx.baseline.get(k))}" for k in ctx.table_keys)
+            + "".join(f", {escape(k)} {ctx.fmt(k, ctx.baseline.get(k))}" for k in ctx.table_keys)
             + "</li>"
         )
     rows = []
@@ -176,7 +176,7 @@ def _step_section(ctx: _Context, index: int, step: str) -> str:
     front = ctx.fronts[step]
     parts.append(f"<h3>Pareto front ({len(front)} of {len(done)} done)</h3>")
     keys = ctx.table_keys
-    rows = [_record_cells(r, keys) + [escape(r.weights_path or "—")] for r in front]
+    rows = [_record_cells(ctx, r, keys) + [escape(r.weights_path or "—")] for r in front]
     win = ctx.winner.id if ctx.winner else None
     parts.append(
         html_table(
@@ -212,6 +212,7 @@ def _pareto_figure(ctx: _Context, step: str, done: Sequence[Record], x_key: str)
         title=f"{step}: {ctx.y_key} vs {x_key}",
         baseline=base,
         winner=point(winner, f"winner #{winner.id}") if winner else None,
+        labels=ctx.labels(x_key, ctx.y_key),
     )
     caption = (
         f"{escape(step)}: {escape(ctx.y_key)} against {escape(x_key)}; the front is over "
@@ -237,7 +238,7 @@ def _lineage_section(ctx: _Context, store: RecordStore) -> str:
     for rec in chain:
         y = rec.metrics.get(ctx.y_key)
         gain = f"{y - prev:+.4f}" if is_number(y) and is_number(prev) else "—"
-        rows.append([escape(rec.step), *_record_cells(rec, keys), gain])
+        rows.append([escape(rec.step), *_record_cells(ctx, rec, keys), gain])
         prev = y
     parts.append(
         f"<p>{len(chain)} record(s), root first; each was derived from the one above.</p>"
@@ -259,7 +260,9 @@ def _lineage_section(ctx: _Context, store: RecordStore) -> str:
             if all(is_number(r.values().get(k)) for k in keys)
         ]
         if len(points) >= 2:
-            png = plots.lineage_plot(points, x_key=keys[0], y_key=ctx.y_key)
+            png = plots.lineage_plot(
+                points, x_key=keys[0], y_key=ctx.y_key, labels=ctx.labels(keys[0], ctx.y_key)
+            )
             parts.append(
                 f'<figure><img alt="lineage plot" src="data:image/png;base64,{png}"></figure>'
             )
@@ -357,6 +360,17 @@ class _Context:
     winner: Record | None
     baseline_label: str
     baseline: dict[str, Any]
+    units: Mapping[str, str]
+
+    def fmt(self, key: str, value: Any) -> str:
+        """``value`` of ``key`` as HTML text, in the unit the run gave for it if any."""
+        return fmt_value(key, value, self.units.get(key))
+
+    def labels(self, x_key: str, y_key: str) -> tuple[str | None, str | None]:
+        """Axis labels of the keys the run gave a unit for (values then as stored); ``None``
+        for the others."""
+        x, y = (f"{k} ({self.units[k]})" if k in self.units else None for k in (x_key, y_key))
+        return x, y
 
 
 def write_report(
@@ -369,6 +383,7 @@ def write_report(
     winner_id: int | None = None,
     title: str = "nasdet search",
     sections: Sequence[Section] = (),
+    units: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, a self-contained page about a search run.
 
@@ -392,6 +407,9 @@ def write_report(
         title: the page title.
         sections: a method's own sections (:mod:`nasdet.report.sections`), shown after the
             summary.
+        units: the unit of a metric or cost key whose stored value is shown as is (e.g.
+            ``{"latency_lut": "MMAC"}``), instead of the unit :func:`~nasdet.report.plots.
+            axis_scale` infers from the key's name.
 
     Returns:
         The path of the written file (replaced atomically).
@@ -420,6 +438,7 @@ def write_report(
         winner=winner,
         baseline_label=label,
         baseline=base_values,
+        units=dict(units or {}),
     )
     body = [
         f"<h1>{escape(title)}</h1>",

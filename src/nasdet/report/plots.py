@@ -62,7 +62,7 @@ def pareto_plot(
     title: str,
     baseline: Point | None = None,
     winner: Point | None = None,
-    labels: tuple[str, str] | None = None,
+    labels: tuple[str | None, str | None] | None = None,
     winner_name: str = "winner",
     x_line: tuple[float, str] | None = None,
 ) -> str:
@@ -75,8 +75,8 @@ def pareto_plot(
         title: figure title (shown as is; no math text).
         baseline: drawn as a star with its label, if given.
         winner: circled and labelled, if given.
-        labels: the x and y axis labels, the values then shown as given (default: from
-            :func:`axis_scale` of the keys).
+        labels: the x and y axis labels, that axis's values then shown as given (``None`` or
+            default: from :func:`axis_scale` of the key).
         winner_name: the winner's name in the legend.
         x_line: a vertical line at this x (stored units) with its legend label (a limit).
 
@@ -85,8 +85,10 @@ def pareto_plot(
     """
     x_div, x_label = axis_scale(x_key)
     y_div, y_label = axis_scale(y_key)
-    if labels is not None:
-        (x_div, x_label), (y_div, y_label) = (1.0, labels[0]), (1.0, labels[1])
+    if labels is not None and labels[0] is not None:
+        x_div, x_label = 1.0, labels[0]
+    if labels is not None and labels[1] is not None:
+        y_div, y_label = 1.0, labels[1]
     fig = Figure(figsize=_FIGSIZE, layout="constrained")
     ax = fig.add_subplot()
     ax.scatter(
@@ -154,18 +156,29 @@ def pareto_plot(
     return _png_base64(fig)
 
 
-def lineage_plot(chain: Sequence[Point], *, x_key: str, y_key: str) -> str:
+def lineage_plot(
+    chain: Sequence[Point],
+    *,
+    x_key: str,
+    y_key: str,
+    labels: tuple[str | None, str | None] | None = None,
+) -> str:
     """The winner's ancestry as arrows from each parent to its child, labelled with ids.
 
     Args:
         chain: ancestors root first, the winner last (``label`` e.g. ``"#12"``).
         x_key, y_key: the keys plotted (see :func:`axis_scale`).
+        labels: as for :func:`pareto_plot`.
 
     Returns:
         The PNG image, base64-encoded.
     """
     x_div, x_label = axis_scale(x_key)
     y_div, y_label = axis_scale(y_key)
+    if labels is not None and labels[0] is not None:
+        x_div, x_label = 1.0, labels[0]
+    if labels is not None and labels[1] is not None:
+        y_div, y_label = 1.0, labels[1]
     fig = Figure(figsize=(_FIGSIZE[0], _FIGSIZE[1] * 0.8), layout="constrained")
     ax = fig.add_subplot()
     xs, ys = [p.x / x_div for p in chain], [p.y / y_div for p in chain]

@@ -40,6 +40,7 @@ from nasdet.methods.latency.common import (
     space_model,
 )
 from nasdet.methods.latency.config import LatencyRunConfig, TrainConfig
+from nasdet.methods.latency.latency import unit_of
 from nasdet.methods.latency.report import sections as report_sections
 from nasdet.methods.latency.search import SearchOutcome, genotype_of, search
 from nasdet.methods.latency.space import LatencyArch
@@ -322,6 +323,7 @@ def run(cfg: LatencyRunConfig, out: Path) -> MethodResult:
     )
     return MethodResult(
         sections=sections,
+        units={"latency_lut": unit_of(cfg.latency)},
         final=final,
         baseline=base,
         baseline_note=note,
