@@ -5,6 +5,7 @@ multiresolution pretrain with search_with_resolution, tune from indices against 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,63 @@ def test_search_falls_back_and_resumes_exactly_after_a_kill(
     monkeypatch.setattr(search_mod._Scorer, "__call__", score)
     run_pipeline(load_run_config(path), tmp_path / "killed")
     assert _records(tmp_path / "killed") == _records(ref)
+
+
+def test_searched_arch_option_sets_tune_and_counts_as_config(
+    run_dir: Path, digits_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``nasdet run --searched-arch "[...]"`` tunes that architecture; a rerun with another one
+    is a changed config (refused), the same one resumes; mistakes are one line naming it."""
+    ss = run_dir / "output" / "search" / "search_space.pt"
+    searched = read_model_file(ss)["meta"]["searched_arch"]
+    other = [1 if searched[0] != 1 else 2, *searched[1:]]
+    path = _write(tmp_path, latency_config(digits_root, tune={"ss_checkpoint": str(ss)}))
+    out = tmp_path / "run"
+
+    def run(arch: str, *extra: str, config: Path = path) -> int:
+        return main(["-q", "run", str(config), "--out", str(out), "--searched-arch", arch, *extra])
+
+    assert run(json.dumps(other)) == 0
+    tuned = RecordStore(out / "records.sqlite").records("tune", status="done")
+    assert [r.extra["arch"] for r in tuned] == [other]
+    assert yaml.safe_load((out / "config.yaml").read_text())["tune"]["searched_arch"] == other
+    capsys.readouterr()
+    assert run(json.dumps(other)) == 0  # the same flag: resumes, nothing redone
+    assert len(RecordStore(out / "records.sqlite").records("tune")) == 1
+    assert run(json.dumps(searched)) == 2  # another architecture: the config changed
+    assert "tune.searched_arch changed" in capsys.readouterr().err
+
+    not_latency = tmp_path / "spnas.yaml"
+    not_latency.write_text(yaml.safe_dump(tiny_config(digits_root, epochs=1)))
+    bad = {
+        "[0, x]": re.escape("--searched-arch: architecture '[0, x]' is not a list of ints"),
+        json.dumps([9] * 16): "--searched-arch: .*block 0 has variants 0..5",
+    }
+    for arch, message in bad.items():
+        assert run(arch) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and err.count("\n") == 1, err
+    assert run("[0]", config=not_latency) == 2
+    assert "--searched-arch is for method: latency runs" in capsys.readouterr().err
+    pretrain_only = _write(tmp_path, latency_config(digits_root, pretrain={}), "p.yaml")
+    assert run(json.dumps(searched), "--steps", "pretrain", config=pretrain_only) == 2
+    assert "have no tune — add tune to --steps" in capsys.readouterr().err
+
+
+def test_report_compares_baseline_and_searched_with_choices_and_plot(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index('id="method-0"') : page.index('id="step-0"')]
+    assert "Latency search: baseline vs searched" in section
+    summary = page[page.index('id="summary"') : page.index('id="method-0"')]
+    assert "3.604 MMAC" in summary and not re.search(r"\d ms", page)  # the LUT's unit, not ms
+    comparison, blocks = section.split("<table>")[1:3]
+    assert "baseline step (train)" in comparison and "tune (train)" in comparison
+    for header in ("resolution (px)", "mAP", "LUT cost (MMAC)", "vs baseline", "params"):
+        assert f"<th>{header}</th>" in comparison
+    assert "<td>[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]</td>" in comparison
+    assert '<td class="num">64</td>' in comparison and "3.6043" in comparison
+    rows = json.loads((run_dir / "output" / "search" / "choices.json").read_text())
+    assert blocks.count("<tr") == 1 + len(rows) == 17
+    assert "baseline block (MMAC)" in blocks
+    assert re.search(r'alt="architectures visited by the search at 64 px" '
+                     r'src="data:image/png;base64,', section)  # fmt: skip

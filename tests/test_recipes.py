@@ -38,7 +38,45 @@ def _ofa(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-SHRINK: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"ofa": _ofa}
+def _baseline_and_minimum(raw: dict[str, Any], side: int, classes: int) -> tuple[float, float]:
+    """The LUT cost of the recipe's baseline and of its space's cheapest net at ``side``."""
+    from nasdet.methods.latency.config import Model
+    from nasdet.methods.latency.latency import build_table
+    from nasdet.methods.latency.parts import space_spec
+
+    model = Model.model_validate(raw["model"])
+    space = raw.get("space", {})
+    spec = space_spec(model.backbone, space.get("multipliers", [0.5]), space.get("skip", True))
+    detector = build_detector(
+        model.model_copy(update={"backbone": spec}), classes, load_weights=False
+    )
+    table = build_table(detector, side, raw.get("latency", "mmac"))
+    return table.baseline, table.minimum
+
+
+def _latency(raw: dict[str, Any]) -> dict[str, Any]:
+    """This run's own baseline step; 1 epoch per step; at most 128 px, the resolution ranges
+    [96, 128]; the target the same fraction of the baseline at 128 px (digits: 10 classes) as
+    the recipe's at its size (VOC: 20 classes), checked to be above the space's minimum."""
+    search = next(k for k in ("search", "search_with_resolution") if raw.get(k))
+    pretrain = next(k for k in ("pretrain", "multiresolution_pretrain") if raw.get(k))
+    base, _ = _baseline_and_minimum(raw, raw["model"]["min_size"], 21)
+    fraction = raw[search]["target_latency"] / base
+    raw["model"].update({"min_size": 128, "max_size": 128})
+    raw["baseline"] = {}
+    raw[pretrain].update({"baseline_ckpt": None, "epochs": 1})
+    raw[search].update({"epochs": 1, "max_extra_epochs": 0, "samples_per_step": 2})
+    for section in (raw[pretrain], raw[search]):
+        if "resolution_range" in section:
+            section["resolution_range"] = [96, 128]
+    base, _ = _baseline_and_minimum(raw, 128, 11)
+    _, minimum = _baseline_and_minimum(raw, 96, 11)
+    raw[search]["target_latency"] = fraction * base
+    assert minimum < fraction * base < base, (minimum, fraction * base, base)
+    return raw
+
+
+SHRINK: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"ofa": _ofa, "latency": _latency}
 
 
 def test_every_method_with_recipes_has_a_shrink() -> None:

@@ -139,3 +139,34 @@ def test_lineage_stops_at_missing_parents_and_cycles(tmp_path: Path) -> None:
     loop_b = store.add("s", "d", parent_id=loop_a.id)
     assert loop_b.id == child.id + 2
     assert [rec.id for rec in lineage(store, loop_b.id)] == [loop_a.id, loop_b.id]
+
+
+def test_method_sections_render_tables_and_plots_escaped(
+    run: tuple[RecordStore, dict[str, Record]], tmp_path: Path
+) -> None:
+    from nasdet.report import Scatter, Section, Table
+    from nasdet.report.plots import Point
+
+    store, r = run
+    table = Table(["block", "<w>", "cost"], [[0, "skip", 1.5], [1, 0.5, None]], "caption <x>", [1])
+    plot = Scatter(
+        [Point(1.0, 0.3), Point(2.0, 0.4)], "cost (MMAC)", "mAP", "visited <all>",
+        baseline=Point(2.0, 0.4, "base"), chosen=Point(1.0, 0.3, "chosen"),
+    )  # fmt: skip
+    path = write_report(
+        tmp_path, store, steps=["parallel"], sections=[Section("Extra <s>", "text & more",
+                                                               [table], [plot])],
+        units={"params": "weights"},
+    )  # fmt: skip
+    page = path.read_text(encoding="utf-8")
+    checker = _TagChecker()
+    checker.feed(page)
+    assert not checker.stack
+    section = page[page.index('id="method-0"') : page.index('id="step-0"')]
+    assert "Extra &lt;s&gt;" in section and "text &amp; more" in section
+    assert "caption &lt;x&gt;" in section and "&lt;w&gt;" in section
+    assert '<tr class="winner"><td class="num">1</td>' in section  # the marked row
+    assert "1.5000" in section and "—" in section
+    png = re.search(r'alt="visited &lt;all&gt;" src="data:image/png;base64,([^"]+)"', section)
+    assert png and base64.b64decode(png.group(1)).startswith(_PNG_SIGNATURE)
+    assert "9.5e+06 weights" in page and "9.500 M" not in page  # the unit the run gave

@@ -22,6 +22,7 @@ from nasdet.errors import NasdetError, TrainingDiverged, WorkFailed
 log = logging.getLogger("nasdet")
 _FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 LOG_FILENAME = "nasdet.log"
+SEARCHED_ARCH = "--searched-arch"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         "--restart-from",
         metavar="STEP",
         help="the config changed: redo STEP and the steps after it with the new config",
+    )
+    r.add_argument(
+        SEARCHED_ARCH,
+        metavar="ARCH",
+        help="method: latency: the architecture tune trains, as search logs it, e.g. "
+        '"[0, 3, 6, ...]" (sets tune.searched_arch; part of the run\'s config)',
     )
     r.set_defaults(func=cmd_run)
 
@@ -245,7 +252,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nasdet.pipeline import run_pipeline
 
     steps = args.steps.split(",") if args.steps else None
-    cfg = load_run_config(args.config, pipeline=steps)
+    overrides = {}
+    if args.searched_arch is not None:
+        overrides["tune.searched_arch"] = _searched_arch(args.config, args.searched_arch)
+    cfg = load_run_config(args.config, pipeline=steps, overrides=overrides, option=SEARCHED_ARCH)
+    if args.searched_arch is not None:
+        _check_searched_arch(cfg)
     out = args.out
     init_distributed()  # under torchrun: the steps that allow it run with DDP
     result = run_pipeline(cfg, out, restart_from=args.restart_from)
@@ -264,6 +276,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"report:  {result.report}")
     print(f"records: {out / 'records.sqlite'}   (rerun the same command to resume)")
     return 0
+
+
+def _searched_arch(config: Path, text: str) -> list[int]:
+    """``--searched-arch``'s list of ints, for a ``method: latency`` config only."""
+    from nasdet.config import read_yaml
+    from nasdet.errors import ConfigError
+    from nasdet.methods import DEFAULT_METHOD
+    from nasdet.methods.latency.space import LatencyArch
+
+    method = read_yaml(config).get("method", DEFAULT_METHOD)
+    if method != "latency":
+        raise ConfigError(
+            f"{SEARCHED_ARCH} is for method: latency runs; {config} is method: {method}"
+        )
+    try:
+        return LatencyArch.parse(text).to_list()
+    except ValueError as e:
+        raise ConfigError(f"{SEARCHED_ARCH}: {e}") from None
+
+
+def _check_searched_arch(cfg: Any) -> None:
+    """``--searched-arch`` fits the space and the steps run include tune."""
+    from nasdet.errors import ConfigError
+    from nasdet.methods.latency.steps import fit_arch
+
+    if "tune" not in cfg.steps:
+        raise ConfigError(
+            f"{SEARCHED_ARCH}: it sets tune.searched_arch but the steps run "
+            f"({', '.join(cfg.steps)}) have no tune — add tune to --steps"
+        )
+    fit_arch(cfg, cfg.tune.searched_arch, SEARCHED_ARCH)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

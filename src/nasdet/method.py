@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nasdet.config import BackboneSpec, NeckSpec, RunConfig
+from nasdet.report.sections import Section
 from nasdet.search.records import Record
 
 
@@ -29,6 +30,11 @@ class MethodResult:
         baseline_note: what the baseline is and which budget it had, for the report.
         report_steps: the steps whose records the report shows.
         objectives: the Pareto objectives of the report; the first is the primary metric.
+        model: the winner's model file when it is not ``final.weights_path``.
+        sections: the method's own report sections (tables and plots as plain data), shown
+            after the summary.
+        units: the unit of a cost or metric key whose name does not say it (e.g.
+            ``{"latency_lut": "MMAC"}``), for the report's tables and axes.
     """
 
     final: Record | None
@@ -36,7 +42,9 @@ class MethodResult:
     baseline_note: str = ""
     report_steps: list[str] = field(default_factory=list)
     objectives: list[str] = field(default_factory=lambda: ["mAP", "params"])
-    model: Path | None = None  # the winner's model file when not final.weights_path
+    model: Path | None = None
+    sections: list[Section] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

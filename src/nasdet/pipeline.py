@@ -156,6 +156,8 @@ def _report(out: Path, method: Method, result: MethodResult) -> Path:
         baseline=baseline,
         winner_id=result.final.id if result.final else None,
         title=f"nasdet {method.title}",
+        sections=result.sections,
+        units=result.units,
     )
 
 
@@ -187,4 +189,3 @@ def _finish(out: Path, result: MethodResult, report: Path) -> RunResult:
         },
     )
     return RunResult(out, final, report, model)
-

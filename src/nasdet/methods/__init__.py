@@ -59,14 +59,29 @@ def get_method(name: str, *, source: str = "<config>") -> Method:
     return METHODS[name]
 
 
-def load_run_config(path: str | Path, *, pipeline: list[str] | None = None) -> Any:
+def load_run_config(
+    path: str | Path,
+    *,
+    pipeline: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    option: str = "",
+) -> Any:
     """Read and validate a run config with its method's schema (``pipeline`` replaces the
-    config's, e.g. from ``--steps``); :class:`ConfigError` (one line) on any mistake."""
+    config's, e.g. from ``--steps``; ``overrides`` sets ``section.key`` values, e.g. from a
+    command-line ``option`` that errors then name); :class:`ConfigError` (one line) on any
+    mistake."""
     raw = read_yaml(path)
     method = get_method(str(raw.get("method", DEFAULT_METHOD)), source=str(path))
-    source = str(path)
+    notes = []
     if pipeline is not None:
-        raw, source = {**raw, "pipeline": pipeline}, f"{path} (--steps)"
+        raw = {**raw, "pipeline": pipeline}
+        notes.append("--steps")
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        raw = {**raw, section: {**(raw.get(section) or {}), name: value}}
+    if overrides:
+        notes.append(option or "overrides")
+    source = f"{path} ({', '.join(notes)})" if notes else str(path)
     return parse_config(raw, source=source, schema=method.config)
 
 

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from nasdet.report.html import REPORT_FILENAME, lineage, write_report
+from nasdet.report.sections import Scatter, Section, Table
 
-__all__ = ["REPORT_FILENAME", "lineage", "write_report"]
+__all__ = ["REPORT_FILENAME", "Scatter", "Section", "Table", "lineage", "write_report"]

@@ -37,12 +37,15 @@ def is_number(value: Any) -> bool:
     )
 
 
-def fmt_value(key: str, value: Any) -> str:
-    """A value as escaped HTML text, in the unit :func:`~nasdet.report.plots.axis_scale` gives."""
+def fmt_value(key: str, value: Any, unit: str | None = None) -> str:
+    """A value as escaped HTML text, in ``unit`` when given (the value as stored), else in the
+    unit :func:`~nasdet.report.plots.axis_scale` gives."""
     if value is None:
         return '<span class="muted">—</span>'
     if not is_number(value):
         return escape(str(value))
+    if unit is not None:
+        return escape(f"{value:.4g} {unit}")
     div, label = axis_scale(key)
     if div != 1.0:
         return f"{value / div:.3f} {label.rsplit('(', 1)[1].rstrip(')')}"

@@ -26,6 +26,7 @@ from nasdet.report._format import (
     is_number,
 )
 from nasdet.report.plots import Point
+from nasdet.report.sections import Scatter, Section, Table
 from nasdet.search.pareto import Objective, pareto_records, parse_objectives
 from nasdet.search.records import Record, RecordStore, RecordStoreError
 
@@ -74,10 +75,10 @@ def lineage(store: RecordStore, record_id: int) -> list[Record]:
     return _lineage(store, record_id)[0]
 
 
-def _record_cells(rec: Record, keys: Sequence[str]) -> list[str]:
+def _record_cells(ctx: _Context, rec: Record, keys: Sequence[str]) -> list[str]:
     values = rec.values()
     parent = "—" if rec.parent_id is None else str(rec.parent_id)
-    return [str(rec.id), escape(rec.genotype), parent, *(fmt_value(k, values.get(k)) for k in keys)]
+    return [str(rec.id), escape(rec.genotype), parent, *(ctx.fmt(k, values.get(k)) for k in keys)]
 
 
 # -- sections --------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def _summary(ctx: _Context) -> str:
     ]
     if best is not None:
         items.append(
-            f"<li>best {escape(ctx.y_key)}: {fmt_value(ctx.y_key, best.metrics[ctx.y_key])} "
+            f"<li>best {escape(ctx.y_key)}: {ctx.fmt(ctx.y_key, best.metrics[ctx.y_key])} "
             f"(record {best.id}, step {escape(best.step)}, <code>{escape(best.genotype)}</code>)"
             "</li>"
         )
@@ -129,13 +130,13 @@ def _summary(ctx: _Context) -> str:
         w = ctx.winner
         items.append(
             f"<li>winner: record {w.id} (step {escape(w.step)}), <code>{escape(w.genotype)}</code>"
-            + "".join(f", {escape(k)} {fmt_value(k, w.values().get(k))}" for k in ctx.table_keys)
+            + "".join(f", {escape(k)} {ctx.fmt(k, w.values().get(k))}" for k in ctx.table_keys)
             + "</li>"
         )
     if ctx.baseline_label:
         items.append(
             f"<li>baseline: {escape(ctx.baseline_label)}"
-            + "".join(f", {escape(k)} {fmt_value(k, ctx.baseline.get(k))}" for k in ctx.table_keys)
+            + "".join(f", {escape(k)} {ctx.fmt(k, ctx.baseline.get(k))}" for k in ctx.table_keys)
             + "</li>"
         )
     rows = []
@@ -175,7 +176,7 @@ def _step_section(ctx: _Context, index: int, step: str) -> str:
     front = ctx.fronts[step]
     parts.append(f"<h3>Pareto front ({len(front)} of {len(done)} done)</h3>")
     keys = ctx.table_keys
-    rows = [_record_cells(r, keys) + [escape(r.weights_path or "—")] for r in front]
+    rows = [_record_cells(ctx, r, keys) + [escape(r.weights_path or "—")] for r in front]
     win = ctx.winner.id if ctx.winner else None
     parts.append(
         html_table(
@@ -211,6 +212,7 @@ def _pareto_figure(ctx: _Context, step: str, done: Sequence[Record], x_key: str)
         title=f"{step}: {ctx.y_key} vs {x_key}",
         baseline=base,
         winner=point(winner, f"winner #{winner.id}") if winner else None,
+        labels=ctx.labels(x_key, ctx.y_key),
     )
     caption = (
         f"{escape(step)}: {escape(ctx.y_key)} against {escape(x_key)}; the front is over "
@@ -236,7 +238,7 @@ def _lineage_section(ctx: _Context, store: RecordStore) -> str:
     for rec in chain:
         y = rec.metrics.get(ctx.y_key)
         gain = f"{y - prev:+.4f}" if is_number(y) and is_number(prev) else "—"
-        rows.append([escape(rec.step), *_record_cells(rec, keys), gain])
+        rows.append([escape(rec.step), *_record_cells(ctx, rec, keys), gain])
         prev = y
     parts.append(
         f"<p>{len(chain)} record(s), root first; each was derived from the one above.</p>"
@@ -258,7 +260,9 @@ def _lineage_section(ctx: _Context, store: RecordStore) -> str:
             if all(is_number(r.values().get(k)) for k in keys)
         ]
         if len(points) >= 2:
-            png = plots.lineage_plot(points, x_key=keys[0], y_key=ctx.y_key)
+            png = plots.lineage_plot(
+                points, x_key=keys[0], y_key=ctx.y_key, labels=ctx.labels(keys[0], ctx.y_key)
+            )
             parts.append(
                 f'<figure><img alt="lineage plot" src="data:image/png;base64,{png}"></figure>'
             )
@@ -285,6 +289,60 @@ def _failures_section(ctx: _Context) -> str:
     return "".join(parts)
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return '<span class="muted">—</span>'
+    if isinstance(value, float) and is_number(value):
+        return f"{value:.4f}"
+    return escape(str(value))
+
+
+def _table_html(table: Table) -> str:
+    cells = [[_cell(v) for v in row] for row in table.rows]
+    classes = [
+        "num" if all(isinstance(row[j], int | float) for row in table.rows if row[j] is not None)
+        else ""
+        for j in range(len(table.headers))
+    ]  # fmt: skip
+    marked = ["winner" if i in set(table.marked) else "" for i in range(len(cells))]
+    caption = f"<p>{escape(table.caption)}</p>" if table.caption else ""
+    return caption + html_table(table.headers, cells, classes, marked)
+
+
+def _scatter_html(plot: Scatter) -> str:
+    if not plot.points:
+        return ""
+    png = plots.pareto_plot(
+        plot.points,
+        [],
+        x_key=plot.x_label,
+        y_key=plot.y_label,
+        title=plot.title,
+        baseline=plot.baseline,
+        winner=plot.chosen,
+        labels=(plot.x_label, plot.y_label),
+        winner_name="chosen",
+        x_line=plot.x_line,
+    )
+    caption = f"<figcaption>{escape(plot.caption)}</figcaption>" if plot.caption else ""
+    return (
+        f'<figure><img alt="{escape(plot.title)}" src="data:image/png;base64,{png}">'
+        f"{caption}</figure>"
+    )
+
+
+def _method_section(index: int, section: Section) -> str:
+    parts = [f'<section id="method-{index}"><h2>{escape(section.title)}</h2>']
+    if section.text:
+        parts.append(f"<p>{escape(section.text)}</p>")
+    parts.extend(_table_html(t) for t in section.tables)
+    figures = "".join(_scatter_html(p) for p in section.plots)
+    if figures:
+        parts.append(f'<div class="plots">{figures}</div>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
 # -- page ------------------------------------------------------------------------------------
 
 
@@ -302,6 +360,17 @@ class _Context:
     winner: Record | None
     baseline_label: str
     baseline: dict[str, Any]
+    units: Mapping[str, str]
+
+    def fmt(self, key: str, value: Any) -> str:
+        """``value`` of ``key`` as HTML text, in the unit the run gave for it if any."""
+        return fmt_value(key, value, self.units.get(key))
+
+    def labels(self, x_key: str, y_key: str) -> tuple[str | None, str | None]:
+        """Axis labels of the keys the run gave a unit for (values then as stored); ``None``
+        for the others."""
+        x, y = (f"{k} ({self.units[k]})" if k in self.units else None for k in (x_key, y_key))
+        return x, y
 
 
 def write_report(
@@ -313,6 +382,8 @@ def write_report(
     baseline: Record | Mapping[str, Any] | None = None,
     winner_id: int | None = None,
     title: str = "nasdet search",
+    sections: Sequence[Section] = (),
+    units: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, a self-contained page about a search run.
 
@@ -334,6 +405,11 @@ def write_report(
         winner_id: the record chosen as the search's result, marked everywhere; a missing
             record is logged and left out.
         title: the page title.
+        sections: a method's own sections (:mod:`nasdet.report.sections`), shown after the
+            summary.
+        units: the unit of a metric or cost key whose stored value is shown as is (e.g.
+            ``{"latency_lut": "MMAC"}``), instead of the unit :func:`~nasdet.report.plots.
+            axis_scale` infers from the key's name.
 
     Returns:
         The path of the written file (replaced atomically).
@@ -362,11 +438,13 @@ def write_report(
         winner=winner,
         baseline_label=label,
         baseline=base_values,
+        units=dict(units or {}),
     )
     body = [
         f"<h1>{escape(title)}</h1>",
         f'<p class="muted">records: {escape(str(store.path))}; written {fmt_time(time.time())}</p>',
         _summary(ctx),
+        *(_method_section(i, section) for i, section in enumerate(sections)),
         *(_step_section(ctx, i, step) for i, step in enumerate(steps)),
         _lineage_section(ctx, store),
         _failures_section(ctx),
@@ -381,5 +459,3 @@ def write_report(
     write_text_atomic(path, page)
     logger.info("wrote the report of %d step(s) to %s", len(steps), path)
     return path
-
-

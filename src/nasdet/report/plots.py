@@ -62,6 +62,9 @@ def pareto_plot(
     title: str,
     baseline: Point | None = None,
     winner: Point | None = None,
+    labels: tuple[str | None, str | None] | None = None,
+    winner_name: str = "winner",
+    x_line: tuple[float, str] | None = None,
 ) -> str:
     """Scatter of every candidate with the Pareto front drawn as a staircase.
 
@@ -72,12 +75,20 @@ def pareto_plot(
         title: figure title (shown as is; no math text).
         baseline: drawn as a star with its label, if given.
         winner: circled and labelled, if given.
+        labels: the x and y axis labels, that axis's values then shown as given (``None`` or
+            default: from :func:`axis_scale` of the key).
+        winner_name: the winner's name in the legend.
+        x_line: a vertical line at this x (stored units) with its legend label (a limit).
 
     Returns:
         The PNG image, base64-encoded.
     """
     x_div, x_label = axis_scale(x_key)
     y_div, y_label = axis_scale(y_key)
+    if labels is not None and labels[0] is not None:
+        x_div, x_label = 1.0, labels[0]
+    if labels is not None and labels[1] is not None:
+        y_div, y_label = 1.0, labels[1]
     fig = Figure(figsize=_FIGSIZE, layout="constrained")
     ax = fig.add_subplot()
     ax.scatter(
@@ -124,10 +135,10 @@ def pareto_plot(
             edgecolors="#2b8a3e",
             linewidth=2,
             zorder=5,
-            label="winner",
+            label=winner_name,
         )
         ax.annotate(
-            winner.label or "winner",
+            winner.label or winner_name,
             (wx, wy),
             xytext=(6, 6),
             textcoords="offset points",
@@ -135,26 +146,39 @@ def pareto_plot(
             color="#2b8a3e",
             parse_math=False,
         )
+    if x_line is not None:
+        ax.axvline(x_line[0] / x_div, color="#c92a2a", linestyle="--", linewidth=1, label=x_line[1])
     ax.set_xlabel(x_label, parse_math=False)
     ax.set_ylabel(y_label, parse_math=False)
     ax.set_title(title, fontsize=10, parse_math=False)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right" if labels is None else "best")
     return _png_base64(fig)
 
 
-def lineage_plot(chain: Sequence[Point], *, x_key: str, y_key: str) -> str:
+def lineage_plot(
+    chain: Sequence[Point],
+    *,
+    x_key: str,
+    y_key: str,
+    labels: tuple[str | None, str | None] | None = None,
+) -> str:
     """The winner's ancestry as arrows from each parent to its child, labelled with ids.
 
     Args:
         chain: ancestors root first, the winner last (``label`` e.g. ``"#12"``).
         x_key, y_key: the keys plotted (see :func:`axis_scale`).
+        labels: as for :func:`pareto_plot`.
 
     Returns:
         The PNG image, base64-encoded.
     """
     x_div, x_label = axis_scale(x_key)
     y_div, y_label = axis_scale(y_key)
+    if labels is not None and labels[0] is not None:
+        x_div, x_label = 1.0, labels[0]
+    if labels is not None and labels[1] is not None:
+        y_div, y_label = 1.0, labels[1]
     fig = Figure(figsize=(_FIGSIZE[0], _FIGSIZE[1] * 0.8), layout="constrained")
     ax = fig.add_subplot()
     xs, ys = [p.x / x_div for p in chain], [p.y / y_div for p in chain]

@@ -40,7 +40,9 @@ from nasdet.methods.latency.common import (
     space_model,
 )
 from nasdet.methods.latency.config import LatencyRunConfig, TrainConfig
+from nasdet.methods.latency.latency import unit_of
 from nasdet.methods.latency.nets import space_body
+from nasdet.methods.latency.report import sections as report_sections
 from nasdet.methods.latency.search import SearchOutcome, genotype_of, search
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.methods.latency.teacher import BaselineDistill
@@ -189,6 +191,17 @@ def _pretrained_file(out: Path) -> Path | None:
     return None
 
 
+def fit_arch(cfg: LatencyRunConfig, given: object, key: str) -> LatencyArch:
+    """``given`` (a list of ints, or its text ``"[0, 3, 6]"``) as an architecture of the space
+    of ``cfg``; :class:`ConfigError` (one line naming ``key``) when it does not parse or does
+    not fit the space (length, or an index beyond a block's variants)."""
+    spec = space_model(cfg).backbone
+    try:
+        return spec.parse_genotype(str(LatencyArch.parse(given)))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 def tune_start(cfg: LatencyRunConfig, out: Path) -> tuple[LatencyArch, int, Path | None]:
     """What ``tune`` trains: the architecture, the input side and the space model file whose
     weights it starts from (``None``: scratch)."""
@@ -204,11 +217,7 @@ def tune_start(cfg: LatencyRunConfig, out: Path) -> tuple[LatencyArch, int, Path
             "tune: no architecture — set tune.searched_arch, or tune.ss_checkpoint (a search "
             "space checkpoint, output/search/search_space.pt), or run search first"
         )
-    spec = space_model(cfg).backbone
-    try:
-        arch = spec.parse_genotype(str(LatencyArch.parse(given)))
-    except ValueError as e:
-        raise ConfigError(f"tune.searched_arch: {e}") from None
+    arch = fit_arch(cfg, given, "tune.searched_arch")
     res = tc.resolution or int(meta.get("resolution", cfg.model.min_size))
     if tc.init == "search_space" and space_path is None:
         raise ConfigError("tune.init: search_space needs tune.ss_checkpoint or this run's space")
@@ -305,7 +314,17 @@ def run(cfg: LatencyRunConfig, out: Path) -> MethodResult:
             outcome.resolution,
             outcome.how,
         )
+    sections = report_sections(
+        cfg,
+        store,
+        out,
+        base=base or done(store, "baseline", "baseline"),
+        tuned=final if final is not None and final.step == "tune" else None,
+        chosen=outcome.record if outcome is not None else None,
+    )
     return MethodResult(
+        sections=sections,
+        units={"latency_lut": unit_of(cfg.latency)},
         final=final,
         baseline=base,
         baseline_note=note,
