@@ -6,8 +6,9 @@ candidate scored on the supernet after BN recalibration) → ``subnet_train`` (t
 the hand-crafted ShuffleNetV2, same budget).
 """
 
-from nasdet.method import Method
+from nasdet.method import Converter, Method
 from nasdet.methods.detnas.config import BACKBONES, DetNASRunConfig
+from nasdet.methods.detnas.converter import convert_command
 from nasdet.methods.detnas.steps import run
 
 METHOD = Method(
@@ -16,6 +17,13 @@ METHOD = Method(
     config=DetNASRunConfig,
     run=run,
     backbones=BACKBONES,
+    converters={
+        "mmrazor-detnas": Converter(
+            help="a retrained MMRazor DetNAS ShuffleNetV2 subnet checkpoint (COCO Faster R-CNN "
+            "or ImageNet) as a Faster R-CNN model file, backbone weights only",
+            convert=convert_command,
+        )
+    },
     torchrun_steps=("supernet_train",),
     volatile_keys=(
         "evolution_search.executor",

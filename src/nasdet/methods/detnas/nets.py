@@ -3,7 +3,11 @@
 The units follow megvii's SPOS ``ShuffleV2Block`` / ``ShuffleXception`` with torchvision's channel
 split: a stride-1 unit passes half of its channels through and runs the ``main`` branch on the
 other half; a stride-2 unit runs a ``proj`` branch and the ``main`` branch on the whole input. Both
-concatenate and then shuffle channels (2 groups).
+concatenate and then shuffle channels (2 groups). ``stride2_split`` picks how a stride-2 unit
+shares its output channels (:data:`SPLITS`): ``"megvii"`` (the default, megvii's code) keeps the
+input width in ``proj``, ``"mmrazor"`` (MMRazor's ``ShuffleBlock`` / ``ShuffleXception``) gives
+each branch half of the output. They differ only where a stage widens more than twice (with the
+default widths, the first block of stages 0 and 1: 16 -> 64 and 64 -> 160 channels).
 
 :class:`ShuffleNetV2Backbone` is one architecture (a :class:`ShuffleNetCode`);
 :class:`ShuffleNetV2Supernet` holds all four units of every block (:class:`ChoiceBlock`) and runs
@@ -36,6 +40,7 @@ from nasdet.methods.detnas.space import (
 from nasdet.models.backbone import ShapeSpec
 
 _KERNELS = (3, 5, 7)  # kernel of choices 0..2; choice 3 is the Xception unit
+SPLITS = ("megvii", "mmrazor")  # stride-2 channel split: proj keeps in_ch, or out_ch // 2
 
 
 def _dw(ch: int, kernel: int, stride: int) -> list[nn.Module]:
@@ -54,15 +59,21 @@ def _pw(in_ch: int, out_ch: int) -> list[nn.Module]:
 class _TwoBranchUnit(nn.Module):
     """Shared structure of the ShuffleNetV2 units; subclasses build ``main``.
 
-    Stride 2: ``proj`` (dw ``proj_kernel`` stride 2 + BN, 1x1 + BN + ReLU, ``in_ch`` channels) and
-    ``main`` (``in_ch -> out_ch - in_ch``) both see the whole input. Stride 1 (``in_ch == out_ch``):
-    the first half passes through, ``main`` maps the second half to ``out_ch - out_ch // 2``.
+    Stride 2: ``proj`` (dw ``proj_kernel`` stride 2 + BN, 1x1 + BN + ReLU) and ``main`` both see
+    the whole input; with ``split="megvii"`` ``proj`` gives ``in_ch`` channels and ``main``
+    ``out_ch - in_ch``, with ``split="mmrazor"`` each gives ``out_ch // 2``. Stride 1
+    (``in_ch == out_ch``): the first half passes through, ``main`` maps the second half to
+    ``out_ch - out_ch // 2``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, proj_kernel: int) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, proj_kernel: int, split: str = "megvii"
+    ) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"ShuffleNetV2 unit stride must be 1 or 2, got {stride}")
+        if split not in SPLITS:
+            raise ValueError(f"stride2_split must be one of {', '.join(SPLITS)}, got {split!r}")
         if out_ch % 2:
             raise ValueError(
                 f"ShuffleNetV2 unit needs an even out_ch (channel shuffle), got {out_ch}"
@@ -71,17 +82,21 @@ class _TwoBranchUnit(nn.Module):
             raise ValueError(
                 f"stride-1 ShuffleNetV2 unit needs in_ch == out_ch, got {in_ch}, {out_ch}"
             )
-        if stride == 2 and out_ch <= in_ch:
+        if stride == 2 and split == "megvii" and out_ch <= in_ch:
             raise ValueError(
                 f"stride-2 ShuffleNetV2 unit needs out_ch > in_ch (the projection keeps in_ch "
                 f"channels, main adds out_ch - in_ch), got in_ch {in_ch}, out_ch {out_ch}"
             )
         self.stride = stride
+        self.split = split
+        proj_out = in_ch if split == "megvii" else out_ch // 2
         self.main_in = in_ch if stride == 2 else out_ch // 2
-        self.main_out = out_ch - (in_ch if stride == 2 else out_ch // 2)
+        self.main_out = out_ch - (proj_out if stride == 2 else out_ch // 2)
         self.mid = out_ch // 2
         self.proj = (
-            nn.Sequential(*_dw(in_ch, proj_kernel, 2), *_pw(in_ch, in_ch)) if stride == 2 else None
+            nn.Sequential(*_dw(in_ch, proj_kernel, 2), *_pw(in_ch, proj_out))
+            if stride == 2
+            else None
         )
         self.main: nn.Sequential
 
@@ -101,8 +116,10 @@ class ShuffleUnit(_TwoBranchUnit):
     ``mid = out_ch // 2``. Input (B, in_ch, H, W) -> (B, out_ch, H / stride, W / stride).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel: int) -> None:
-        super().__init__(in_ch, out_ch, stride, kernel)
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, kernel: int, split: str = "megvii"
+    ) -> None:
+        super().__init__(in_ch, out_ch, stride, kernel, split)
         self.kernel = kernel
         self.main = nn.Sequential(
             *_pw(self.main_in, self.mid),
@@ -118,8 +135,8 @@ class XceptionUnit(_TwoBranchUnit):
     1x1 mid->main_out BN ReLU. Input (B, in_ch, H, W) -> (B, out_ch, H / stride, W / stride).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__(in_ch, out_ch, stride, 3)
+    def __init__(self, in_ch: int, out_ch: int, stride: int, split: str = "megvii") -> None:
+        super().__init__(in_ch, out_ch, stride, 3, split)
         self.main = nn.Sequential(
             *_dw(self.main_in, 3, stride),
             *_pw(self.main_in, self.mid),
@@ -130,12 +147,15 @@ class XceptionUnit(_TwoBranchUnit):
         )
 
 
-def make_unit(choice: int, in_ch: int, out_ch: int, stride: int) -> nn.Module:
-    """The unit of ``CHOICES[choice]`` (0-2: shuffle 3x3/5x5/7x7, 3: xception)."""
+def make_unit(
+    choice: int, in_ch: int, out_ch: int, stride: int, split: str = "megvii"
+) -> nn.Module:
+    """The unit of ``CHOICES[choice]`` (0-2: shuffle 3x3/5x5/7x7, 3: xception); ``split``: the
+    stride-2 channel split (:data:`SPLITS`)."""
     if choice in range(len(_KERNELS)):
-        return ShuffleUnit(in_ch, out_ch, stride, _KERNELS[choice])
+        return ShuffleUnit(in_ch, out_ch, stride, _KERNELS[choice], split)
     if choice == len(_KERNELS):
-        return XceptionUnit(in_ch, out_ch, stride)
+        return XceptionUnit(in_ch, out_ch, stride, split)
     raise ValueError(f"unit choice must be in 0..{len(CHOICES) - 1} ({', '.join(CHOICES)})")
 
 
@@ -176,8 +196,14 @@ class _ShuffleNetV2Base(nn.Module):
         widths: Sequence[int],
         stem_channels: int,
         levels: Sequence[int],
+        stride2_split: str = "megvii",
     ) -> None:
         super().__init__()
+        if stride2_split not in SPLITS:
+            raise ValueError(
+                f"stride2_split must be one of {', '.join(SPLITS)}, got {stride2_split!r}"
+            )
+        self.stride2_split = stride2_split
         self.depths, self.widths = tuple(depths), tuple(widths)
         if len(self.widths) != len(self.depths):
             raise ValueError(
@@ -215,6 +241,7 @@ class ShuffleNetV2Backbone(_ShuffleNetV2Base):
         widths: output channels of each stage (:func:`stage_widths` for a width multiplier).
         stem_channels: width of the 3x3 stride-2 stem conv.
         levels: feature levels returned (``2..5`` for 4 stages; stride ``2**level`` pixels).
+        stride2_split: channel split of the stride-2 units, ``"megvii"`` or ``"mmrazor"``.
     """
 
     def __init__(
@@ -224,14 +251,21 @@ class ShuffleNetV2Backbone(_ShuffleNetV2Base):
         widths: Sequence[int] = STAGE_CHANNELS,
         stem_channels: int = STEM_CHANNELS,
         levels: Sequence[int] = (2, 3, 4, 5),
+        stride2_split: str = "megvii",
     ) -> None:
-        super().__init__(code.depths, widths, stem_channels, levels)
+        super().__init__(code.depths, widths, stem_channels, levels, stride2_split)
         self.code = code
         for i, (in_ch, out_ch) in enumerate(self._stage_io()):
             self.stages.append(
                 nn.Sequential(
                     *(
-                        make_unit(c, in_ch if j == 0 else out_ch, out_ch, 2 if j == 0 else 1)
+                        make_unit(
+                            c,
+                            in_ch if j == 0 else out_ch,
+                            out_ch,
+                            2 if j == 0 else 1,
+                            stride2_split,
+                        )
                         for j, c in enumerate(code.stages[i])
                     )
                 )
@@ -242,11 +276,16 @@ class ChoiceBlock(nn.Module):
     """All candidate units of one block; forward runs ``choices[active]``."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, stride: int, num_choices: int = len(CHOICES)
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        num_choices: int = len(CHOICES),
+        split: str = "megvii",
     ) -> None:
         super().__init__()
         self.choices = nn.ModuleList(
-            make_unit(k, in_ch, out_ch, stride) for k in range(num_choices)
+            make_unit(k, in_ch, out_ch, stride, split) for k in range(num_choices)
         )
         self.active = 0
 
@@ -259,7 +298,7 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
 
     Args:
         depths: blocks per stage (DetNAS: ``4, 4, 8, 4``).
-        widths, stem_channels, levels: as :class:`ShuffleNetV2Backbone`.
+        widths, stem_channels, levels, stride2_split: as :class:`ShuffleNetV2Backbone`.
 
     The active path starts as :func:`~nasdet.methods.detnas.space.handcrafted` (all 3x3). Blocks of
     stages after the last level are not built, but the code keeps a gene for them.
@@ -272,13 +311,19 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         widths: Sequence[int] = STAGE_CHANNELS,
         stem_channels: int = STEM_CHANNELS,
         levels: Sequence[int] = (2, 3, 4, 5),
+        stride2_split: str = "megvii",
     ) -> None:
-        super().__init__(depths, widths, stem_channels, levels)
+        super().__init__(depths, widths, stem_channels, levels, stride2_split)
         for i, (in_ch, out_ch) in enumerate(self._stage_io()):
             self.stages.append(
                 nn.Sequential(
                     *(
-                        ChoiceBlock(in_ch if j == 0 else out_ch, out_ch, 2 if j == 0 else 1)
+                        ChoiceBlock(
+                            in_ch if j == 0 else out_ch,
+                            out_ch,
+                            2 if j == 0 else 1,
+                            split=stride2_split,
+                        )
                         for j in range(self.depths[i])
                     )
                 )
@@ -318,7 +363,11 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         """
         code = self._active
         sub = ShuffleNetV2Backbone(
-            code, widths=self.widths, stem_channels=self.stem_channels, levels=self.levels
+            code,
+            widths=self.widths,
+            stem_channels=self.stem_channels,
+            levels=self.levels,
+            stride2_split=self.stride2_split,
         )
         if not preserve_weight:
             return sub

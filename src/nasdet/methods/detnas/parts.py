@@ -22,12 +22,22 @@ class _ShuffleNetSpec(BackboneSpec):
     widths: list[int] | None = Field(
         None, description="stage widths before width_mult (default 64, 160, 320, 640)"
     )
+    stride2_split: Literal["megvii", "mmrazor"] = Field(
+        "megvii",
+        description="channels of a stride-2 unit's branches: megvii (the projection keeps the "
+        "input width) or mmrazor (half the output each; MMRazor's checkpoints)",
+    )
 
     def _sizes(self) -> dict:
         widths = stage_widths(self.width_mult, tuple(self.widths or STAGE_CHANNELS))
         # the stem scales too (a stride-2 unit must widen: stage 1 is wider than the stem)
         stem = min(STEM_CHANNELS, stage_widths(self.width_mult, (STEM_CHANNELS,))[0])
-        return {"widths": widths, "stem_channels": stem, "levels": tuple(self.levels or (3, 4, 5))}
+        return {
+            "widths": widths,
+            "stem_channels": stem,
+            "levels": tuple(self.levels or (3, 4, 5)),
+            "stride2_split": self.stride2_split,
+        }
 
 
 class ShuffleNetNASSpec(_ShuffleNetSpec):
@@ -76,5 +86,9 @@ class ShuffleNetSupernetSpec(_ShuffleNetSpec, SupernetSpec):
 
     def subnet(self, genotype: ShuffleNetCode) -> ShuffleNetNASSpec:
         return ShuffleNetNASSpec(
-            code=str(genotype), width_mult=self.width_mult, widths=self.widths, levels=self.levels
+            code=str(genotype),
+            width_mult=self.width_mult,
+            widths=self.widths,
+            levels=self.levels,
+            stride2_split=self.stride2_split,
         )
