@@ -187,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
     x.set_defaults(func=cmd_export)
 
+    st = sub.add_parser(
+        "status", help="where a run stands (safe while it runs: reads its records read-only)"
+    )
+    st.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of `nasdet run`")
+    st.add_argument("--json", action="store_true", help="print one JSON object (docs/usage.md)")
+    st.set_defaults(func=cmd_status)
+
     d = sub.add_parser("data", help="make or check datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     g = dsub.add_parser("digits", help="write the bundled digits detection set (COCO format)")
@@ -406,6 +413,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}: subnet {genotype}, {count_params(model):,} parameters")
     print("(BN statistics are the supernet's; the search's own exports are recalibrated)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nasdet.run_dir import open_run_dir, status_lines, status_of, status_table
+
+    status = status_of(open_run_dir(args.run_dir))
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    title, running = status_lines(status)
+    header, rows = status_table(status)
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for i, name in enumerate(header):
+            table.add_column(name, justify="right" if 0 < i < len(header) - 2 else "left")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        print(title)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for line in running:
+        print(line)
     return 0
 
 
