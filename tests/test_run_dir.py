@@ -1,8 +1,9 @@
-"""``nasdet status`` on a run directory, also while another process writes
+"""``nasdet status`` and ``nasdet report`` on a run directory, also while another process writes
 to its record store."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nasdet import pipeline
 from nasdet.cli import main
+from nasdet.method import MethodResult
 from nasdet.search import RecordStore, RecordStoreError
 
 CONFIG = {
@@ -116,7 +119,7 @@ def test_status_text_and_unknown_eta(run_dir: Path, capsys) -> None:
     assert re.search(r"running: serial #4 g3 on a for \ds \(since", out)
 
 
-@pytest.mark.parametrize("command", ["status"])
+@pytest.mark.parametrize("command", ["status", "report"])
 def test_missing_run_dir_is_one_line_and_creates_nothing(
     tmp_path: Path, command: str, capsys
 ) -> None:
@@ -137,3 +140,41 @@ def test_readonly_store_refuses_writes(run_dir: Path) -> None:
     with pytest.raises(RecordStoreError, match="no record store"):
         RecordStore.open_readonly(run_dir / "missing.sqlite")
     assert not (run_dir / "missing.sqlite").exists()
+
+
+def test_report_mid_run(run_dir: Path, capsys) -> None:
+    db = run_dir / "records.sqlite"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    assert main(["report", str(run_dir)]) == 0
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+    page = (run_dir / "report.html").read_text()
+    assert capsys.readouterr().out.strip() == f"report: {run_dir / 'report.html'}"
+    assert "<title>nasdet SP-NAS</title>" in page and "Step: serial" in page
+    assert "no winner given" in page
+
+
+def test_report_of_a_finished_run_is_the_one_the_run_wrote(run_dir: Path, capsys) -> None:
+    """The end of ``nasdet run`` (pipeline) and ``nasdet report`` write the same page."""
+    store = RecordStore(run_dir)
+    (run_dir / "g1.pt").write_bytes(b"model")
+    winner = dataclasses.replace(store.find("serial", "g1"), weights_path=str(run_dir / "g1.pt"))
+    result = MethodResult(
+        final=winner,
+        baseline=store.find("serial", "root"),
+        baseline_note="the fine-tuned start",
+        report_steps=["serial"],
+        objectives=["mAP", "params"],
+    )
+    method = type("M", (), {"title": "SP-NAS"})()
+    report = pipeline._report(run_dir, method, result)
+    pipeline._finish(run_dir, result, report, title="nasdet SP-NAS")
+    first = report.read_text()
+    report.unlink()
+    assert main(["report", str(run_dir)]) == 0
+    again = report.read_text()
+
+    def unstamped(page: str) -> str:
+        return re.sub(r"written [0-9: -]+", "", page)
+
+    assert unstamped(again) == unstamped(first)
+    assert "the fine-tuned start" in again and "winner: record 2" in again

@@ -194,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print one JSON object (docs/usage.md)")
     st.set_defaults(func=cmd_status)
 
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html again (mid-run too)")
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of `nasdet run`")
+    rp.set_defaults(func=cmd_report)
+
     d = sub.add_parser("data", help="make or check datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     g = dsub.add_parser("digits", help="write the bundled digits detection set (COCO format)")
@@ -442,6 +446,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for line in running:
         print(line)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nasdet.methods import DEFAULT_METHOD, METHODS
+    from nasdet.report.run import regenerate_report
+    from nasdet.run_dir import CONFIG_FILENAME
+
+    title = "nasdet search"
+    config = args.run_dir / CONFIG_FILENAME
+    if config.is_file():
+        import yaml
+
+        method = METHODS.get(
+            str((yaml.safe_load(config.read_text()) or {}).get("method", DEFAULT_METHOD))
+        )
+        title = f"nasdet {method.title}" if method else title
+    print(f"report: {regenerate_report(args.run_dir, title=title)}")
     return 0
 
 
