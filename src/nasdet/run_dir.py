@@ -19,6 +19,7 @@ import yaml
 
 from nasdet.errors import ConfigError
 from nasdet.search.pareto import parse_objectives
+from nasdet.search.progress import fmt_duration
 from nasdet.search.records import RECORDS_FILENAME, STATUSES, Record, RecordStore
 
 CONFIG_FILENAME = "config.yaml"
@@ -238,18 +239,6 @@ def status_lines(status: Mapping[str, Any]) -> tuple[str, list[str]]:
                 f"{fmt_duration(r['running_s'])} (since {since})"
             )
     return title, lines
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``1h02m03s``, ``2m05s``, ``7s``; ``unknown`` for ``None``."""
-    if seconds is None:
-        return "unknown"
-    total = int(round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _fmt(value: float) -> str:
