@@ -114,7 +114,7 @@ def test_status_text_and_unknown_eta(run_dir: Path, capsys) -> None:
     assert main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "spnas): in progress; objectives mAP, params" in out
-    row = r"serial\s+1\s+1\s+3\s+0\s+0\s+mAP 0.3 \(#2\), params 50 \(#3\)\s+unknown"
+    row = r"serial\s+1\s+1\s+3\s+0\s+0\s+unknown\s+mAP 0.3 \(#2\), params 50 \(#3\)"
     assert re.search(row, out)
     assert re.search(r"running: serial #4 g3 on a for \ds \(since", out)
 

@@ -428,14 +428,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status))
         return 0
     title, running = status_lines(status)
-    header, rows = status_table(status)
-    if sys.stdout.isatty():
+    tty = sys.stdout.isatty()
+    header, rows = status_table(status, sep="\n" if tty else ", ")
+    if tty:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title)
+        table = Table(title=title, box=None, pad_edge=False, header_style="bold")
         for i, name in enumerate(header):
-            table.add_column(name, justify="right" if 0 < i < len(header) - 2 else "left")
+            counts = 0 < i < len(header) - 2
+            table.add_column(  # one objective a line in "best so far", the only column to wrap
+                name,
+                justify="right" if counts else "left",
+                no_wrap=name != "best so far",
+                overflow="fold",
+            )
         for row in rows:
             table.add_row(*row)
         Console().print(table)

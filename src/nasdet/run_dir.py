@@ -200,12 +200,13 @@ def _is_number(value: Any) -> bool:
 # -- text ------------------------------------------------------------------------------------
 
 
-def status_table(status: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (plain text) of a :func:`status_of` dict, one row per step."""
-    header = ["step", *STATUSES, "best so far", "ETA"]
+def status_table(status: Mapping[str, Any], sep: str = ", ") -> tuple[list[str], list[list[str]]]:
+    """Header and rows (plain text) of a :func:`status_of` dict, one row per step; ``sep``
+    separates the objectives in the "best so far" cell."""
+    header = ["step", *STATUSES, "ETA", "best so far"]
     rows = []
     for s in status["steps"]:
-        best = ", ".join(f"{key} {_fmt(b['value'])} (#{b['id']})" for key, b in s["best"].items())
+        best = sep.join(f"{key} {_fmt(b['value'])} (#{b['id']})" for key, b in s["best"].items())
         eta = (
             "—"
             if not s["left"]
@@ -213,7 +214,7 @@ def status_table(status: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
             if s["eta_s"] is not None
             else "unknown"
         )
-        rows.append([s["step"], *(str(s["counts"][k]) for k in STATUSES), best or "—", eta])
+        rows.append([s["step"], *(str(s["counts"][k]) for k in STATUSES), eta, best or "—"])
     return header, rows
 
 
