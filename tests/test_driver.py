@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,39 @@ def test_a_failed_candidate_fails_the_step_loudly_and_is_evaluated_again_on_resu
     assert again.status == "done" and again.error is None and "traceback" not in again.extra
     assert [r.genotype for r in store.records("s")] == ["g1", "g2", "boom", "g3"]  # nothing new
     assert sorted(r.genotype for r in front) == ["boom", "g1", "g2", "g3"]
+
+
+def test_one_progress_line_per_finished_candidate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off a terminal (no tqdm bar) the log says where the step stands, also after a resume."""
+    store = RecordStore(tmp_path / "records.sqlite")
+    root = add_g1(store)
+    kwargs = {
+        "propose": propose_in_order("s", [2, 0, 3], root.id),
+        "executor": InProcessExecutor(),
+        "max_sample": 3,
+        "objectives": ["mAP", "params"],
+    }
+
+    def progress_lines() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "nasdet.search.progress" and r.levelno == logging.INFO
+        ]
+
+    with caplog.at_level(logging.INFO), pytest.raises(WorkFailed):  # "boom" (0) fails
+        run_search(store, "s", tmp_path / "s", evaluate=fake_evaluate, **kwargs)
+    lines = progress_lines()
+    counted = [f"s: candidate {k} of 3 finished" for k in (1, 2, 3)]  # the failed one too
+    assert [line.split(",")[0] for line in lines] == counted
+    assert all(re.search(r", elapsed \d+s, ETA \d+s$", line) for line in lines)
+    assert lines[-1].endswith("ETA 0s")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # the resume evaluates "boom" again: the 3rd of 3
+        run_search(store, "s", tmp_path / "s", evaluate=fixed_evaluate, **kwargs)
+    assert [line.split(",")[0] for line in progress_lines()] == ["s: candidate 3 of 3 finished"]
 
 
 # -- resume after a kill: the same records as an uninterrupted run ---------------------------

@@ -257,3 +257,11 @@ def test_report_compares_baseline_and_searched_with_choices_and_plot(run_dir: Pa
     assert "baseline block (MMAC)" in blocks
     assert re.search(r'alt="architectures visited by the search at 64 px" '
                      r'src="data:image/png;base64,', section)  # fmt: skip
+    # nasdet report RUN_DIR writes the same page again, the method's sections included
+    from nasdet.report.run import regenerate_report
+
+    def strip(text: str) -> str:
+        return re.sub(r"written [0-9: -]+", "", text)
+
+    (run_dir / "report.html").unlink()
+    assert strip(regenerate_report(run_dir).read_text()) == strip(page)

@@ -194,6 +194,17 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, required=True, help="nasdet model file to write")
     x.set_defaults(func=cmd_export)
 
+    st = sub.add_parser(
+        "status", help="where a run stands (safe while it runs: reads its records read-only)"
+    )
+    st.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of `nasdet run`")
+    st.add_argument("--json", action="store_true", help="print one JSON object (docs/usage.md)")
+    st.set_defaults(func=cmd_status)
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html again (mid-run too)")
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of `nasdet run`")
+    rp.set_defaults(func=cmd_report)
+
     d = sub.add_parser("data", help="make or check datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     g = dsub.add_parser("digits", help="write the bundled digits detection set (COCO format)")
@@ -449,6 +460,60 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}: subnet {genotype}, {count_params(model):,} parameters")
     print("(BN statistics are the supernet's; the search's own exports are recalibrated)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nasdet.run_dir import open_run_dir, status_lines, status_of, status_table
+
+    status = status_of(open_run_dir(args.run_dir))
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    title, running = status_lines(status)
+    tty = sys.stdout.isatty()
+    header, rows = status_table(status, sep="\n" if tty else ", ")
+    if tty:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, box=None, pad_edge=False, header_style="bold")
+        for i, name in enumerate(header):
+            counts = 0 < i < len(header) - 2
+            table.add_column(  # one objective a line in "best so far", the only column to wrap
+                name,
+                justify="right" if counts else "left",
+                no_wrap=name != "best so far",
+                overflow="fold",
+            )
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        print(title)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for line in running:
+        print(line)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nasdet.methods import DEFAULT_METHOD, METHODS
+    from nasdet.report.run import regenerate_report
+    from nasdet.run_dir import CONFIG_FILENAME
+
+    title = "nasdet search"
+    config = args.run_dir / CONFIG_FILENAME
+    if config.is_file():
+        import yaml
+
+        method = METHODS.get(
+            str((yaml.safe_load(config.read_text()) or {}).get("method", DEFAULT_METHOD))
+        )
+        title = f"nasdet {method.title}" if method else title
+    print(f"report: {regenerate_report(args.run_dir, title=title)}")
     return 0
 
 

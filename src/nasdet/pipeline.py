@@ -28,7 +28,8 @@ from nasdet.engine.distributed import current
 from nasdet.errors import ConfigError
 from nasdet.method import Method, MethodResult
 from nasdet.methods import method_of
-from nasdet.report import write_report
+from nasdet.report.run import write_run_report
+from nasdet.report.sections import sections_to_json
 from nasdet.search.pareto import primary_metric
 from nasdet.search.records import Record, RecordStore
 
@@ -73,7 +74,7 @@ def run_pipeline(cfg: Any, out_dir: str | Path, *, restart_from: str | None = No
     if result.final is None or not current().is_main:
         return RunResult(out, result.final, None, None)
     report = _report(out, method, result)
-    return _finish(out, result, report)
+    return _finish(out, result, report, title=f"nasdet {method.title}")
 
 
 def check_resume(method: Method, cfg: Any, out: Path, restart_from: str | None) -> None:
@@ -143,26 +144,23 @@ def _remove_steps(out: Path, steps: tuple[str, ...]) -> None:
 
 
 def _report(out: Path, method: Method, result: MethodResult) -> Path:
-    store = RecordStore(out / "records.sqlite")
-    baseline = None
-    if result.baseline is not None:
-        name = result.baseline_note or f"baseline #{result.baseline.id}"
-        baseline = {"name": name, **result.baseline.values()}
-    return write_report(
+    return write_run_report(
         out,
-        store,
+        RecordStore(out / "records.sqlite"),
         steps=result.report_steps,
         objectives=result.objectives,
-        baseline=baseline,
-        winner_id=result.final.id if result.final else None,
         title=f"nasdet {method.title}",
+        winner_id=result.final.id if result.final else None,
+        baseline=result.baseline,
+        baseline_note=result.baseline_note,
         sections=result.sections,
         units=result.units,
     )
 
 
-def _finish(out: Path, result: MethodResult, report: Path) -> RunResult:
-    """Copy the winner's model file to ``<out>/model.pt``; write ``result.json``."""
+def _finish(out: Path, result: MethodResult, report: Path, *, title: str) -> RunResult:
+    """Copy the winner's model file to ``<out>/model.pt``; write ``result.json`` (with what
+    the report showed, so that ``nasdet report`` writes the same page again)."""
     final = result.final
     source = result.model or final.weights_path
     if final is None or source is None:
@@ -186,6 +184,11 @@ def _finish(out: Path, result: MethodResult, report: Path) -> RunResult:
             "baseline": summary,
             "baseline_note": result.baseline_note,
             "report": str(report),
+            "report_steps": list(result.report_steps),
+            "objectives": list(result.objectives),
+            "title": title,
+            "units": dict(result.units),
+            "sections": sections_to_json(result.sections),
         },
     )
     return RunResult(out, final, report, model)

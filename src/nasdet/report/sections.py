@@ -8,11 +8,12 @@ The report knows nothing of a method; a method that has more to show than the ge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from nasdet.report.plots import Point
 
-__all__ = ["Point", "Scatter", "Section", "Table"]
+__all__ = ["Point", "Scatter", "Section", "Table", "sections_from_json", "sections_to_json"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,33 @@ class Section:
     text: str = ""
     tables: Sequence[Table] = field(default_factory=tuple)
     plots: Sequence[Scatter] = field(default_factory=tuple)
+
+
+def sections_to_json(sections: Sequence[Section]) -> list[dict[str, Any]]:
+    """Sections as JSON-ready data (``result.json`` keeps them for ``nasdet report``)."""
+    return [asdict(s) for s in sections]
+
+
+def _point(d: dict[str, Any] | None) -> Point | None:
+    return None if d is None else Point(**d)
+
+
+def sections_from_json(data: Sequence[dict[str, Any]]) -> list[Section]:
+    """The inverse of :func:`sections_to_json`."""
+    out = []
+    for s in data:
+        tables = tuple(Table(**t) for t in s.get("tables", ()))
+        plots = tuple(
+            Scatter(
+                **{
+                    **p,
+                    "points": tuple(Point(**q) for q in p["points"]),
+                    "baseline": _point(p.get("baseline")),
+                    "chosen": _point(p.get("chosen")),
+                    "x_line": tuple(p["x_line"]) if p.get("x_line") is not None else None,
+                }
+            )
+            for p in s.get("plots", ())
+        )
+        out.append(Section(title=s["title"], text=s.get("text", ""), tables=tables, plots=plots))
+    return out

@@ -67,20 +67,29 @@ class Database:
     Args:
         path: the SQLite file (its parent folder must exist).
         busy_timeout_s: how long a statement waits for another connection's lock, in seconds.
+        readonly: open with the URI ``mode=ro``: never create the file, never write to it (the
+            schema is checked, not created); every write raises :class:`RecordStoreError`.
+            SQLite leaves the ``-wal`` and ``-shm`` files a reader of a WAL database needs
+            when no other connection has made them.
 
     Raises:
-        RecordStoreError: not SQLite, corrupt, another program's database, other schema version.
+        RecordStoreError: not SQLite, corrupt, another program's database, other schema version;
+            with ``readonly``, also a missing file.
     """
 
-    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float, *, readonly: bool = False) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
+        self.readonly = readonly
         self._pid = os.getpid()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []
-        self._init_schema()
+        if readonly:
+            self._check_readonly()
+        else:
+            self._init_schema()
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
@@ -100,14 +109,19 @@ class Database:
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            target = self.path
+            if self.readonly:  # a URI, so that a missing file is an error, not created
+                target = f"{self.path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(
-                self.path,
+                target,
+                uri=self.readonly,
                 timeout=self.busy_timeout_s,
                 isolation_level=None,  # autocommit; write transactions are explicit
                 check_same_thread=False,  # only so that close() may close every thread's one
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA synchronous = FULL")
+            if not self.readonly:
+                conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             raise self.error(exc) from None
         return conn
@@ -120,6 +134,8 @@ class Database:
                 f"{self.path}: not a readable SQLite record store ({text}); move it away or "
                 "choose another run directory"
             )
+        if "readonly" in text:
+            return RecordStoreError(f"{self.path}: opened read-only, not written ({text})")
         if "locked" in text or "busy" in text:
             return RecordStoreError(
                 f"{self.path}: database stayed locked by another process for "
@@ -156,6 +172,29 @@ class Database:
                 f"{self.path}: record store schema version {version}, this nasdet reads "
                 f"version {SCHEMA_VERSION}; use the nasdet version that wrote it or start a "
                 "new run directory"
+            )
+
+    def _check_readonly(self) -> None:
+        """The read-only counterpart of :meth:`_init_schema`: the file must exist and be a
+        nasdet store of this schema version (an empty one has no version: refused too)."""
+        if not self.path.is_file():
+            raise RecordStoreError(f"{self.path}: no record store here")
+        try:
+            conn = self.conn()
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+            self._check_tables(tables)
+            if not tables:
+                raise RecordStoreError(f"{self.path}: an empty record store (nothing recorded)")
+            row = conn.execute(
+                "SELECT value FROM nasdet_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+        version = None if row is None else int(row[0])
+        if version != SCHEMA_VERSION:
+            raise RecordStoreError(
+                f"{self.path}: record store schema version {version}, this nasdet reads "
+                f"version {SCHEMA_VERSION}; use the nasdet version that wrote it"
             )
 
     def _setup(self) -> int | None:
@@ -196,8 +235,7 @@ class Database:
         tables = set(names)
         if tables and "nasdet_meta" not in tables:
             raise RecordStoreError(
-                f"{self.path}: a SQLite database but not a nasdet record store; "
-                "choose another file"
+                f"{self.path}: a SQLite database but not a nasdet record store; choose another file"
             )
 
     @contextmanager

@@ -51,6 +51,7 @@ from nasdet.search.driver import record_failure, work_failed
 from nasdet.search.evolution import top_records
 from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.predictor import AccuracyPredictor
+from nasdet.search.progress import CandidateProgress
 from nasdet.search.records import Record, RecordStore
 
 __all__ = [
@@ -218,12 +219,14 @@ def async_evolution_search(
     run = executor.run(score, tasks())
     done = store.count(step, status="done")
     bar = tqdm(total=settings.max_evaluations, initial=done, desc=step, leave=False, disable=None)
+    progress = CandidateProgress(step, settings.max_evaluations, done)
     try:
         for outcome in run:
             outcomes.append(outcome)
             if not _commit(store, step, outcome, settings.score_key):
                 failed.append(outcome.record_id)
             bar.update()
+            progress.finished()
     finally:
         bar.close()
         close = getattr(run, "close", None)

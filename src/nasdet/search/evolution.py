@@ -51,6 +51,7 @@ from nasdet.search._evolution_proposals import (
 )
 from nasdet.search.driver import record_failure, work_failed
 from nasdet.search.executors import Executor, Outcome, Task
+from nasdet.search.progress import CandidateProgress
 from nasdet.search.records import Record, RecordStore
 
 __all__ = [
@@ -317,10 +318,12 @@ def _score_generation(
 
     outcomes = executor.run(score, tasks())
     bar = tqdm(total=len(todo), desc=f"{step} generation {gen}", leave=False, disable=None)
+    progress = CandidateProgress(f"{step} generation {gen}", len(todo))
     try:
         for outcome in outcomes:
             _commit(store, step, outcome, score_key)
             bar.update()
+            progress.finished()
     finally:
         bar.close()
         close = getattr(outcomes, "close", None)

@@ -144,6 +144,24 @@ class RecordStore:
         self.path = path
         self._db = Database(path, float(busy_timeout_s))
 
+    @classmethod
+    def open_readonly(cls, path: str | Path, *, busy_timeout_s: float = 30.0) -> RecordStore:
+        """The store at ``path`` (a file, or a run directory holding ``records.sqlite``) for
+        reading only, safe while a run writes to it: opened with SQLite's ``mode=ro``, so
+        nothing is created or written (the file's bytes and mtime stay as they are) and every
+        write method raises :class:`RecordStoreError`.
+
+        Raises:
+            RecordStoreError: the file is missing, empty, not a nasdet store of this version.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECORDS_FILENAME
+        store = cls.__new__(cls)
+        store.path = path
+        store._db = Database(path, float(busy_timeout_s), readonly=True)
+        return store
+
     def close(self) -> None:
         """Close this process's connections (the store reopens them on next use)."""
         self._db.close()
