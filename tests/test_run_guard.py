@@ -26,9 +26,11 @@ def _spnas(digits_root: Path, **search: object) -> dict:
     cfg["serial"] = {
         "pipe_step": {"type": "SearchPipeStep"},
         "search_algorithm": {"type": "SpNasS", "max_sample": 2},
-        "search_space": {"hyperparameters": [
-            {"key": "network.backbone.code", "type": "CATEGORY", "range": ["11-21-21-21"]}
-        ]},
+        "search_space": {
+            "hyperparameters": [
+                {"key": "network.backbone.code", "type": "CATEGORY", "range": ["11-21-21-21"]}
+            ]
+        },
     }
     cfg["fully_train"] = {"pipe_step": {"type": "TrainPipeStep"}}
     return cfg
@@ -152,6 +154,8 @@ def test_cli_exit_codes_version_and_log(
     assert "unknown method 'nas'" in capsys.readouterr().err
 
     def boom(cfg: object, out: object, **kw: object) -> None:
+        logging.getLogger("PIL.PngImagePlugin").debug("STREAM b'IDAT'")  # a library's chatter
+        logging.getLogger("nasdet.pipeline").debug("our own debug line")
         raise RuntimeError("something unexpected")
 
     monkeypatch.setattr("nasdet.pipeline.run_pipeline", boom)
@@ -162,7 +166,8 @@ def test_cli_exit_codes_version_and_log(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "RuntimeError: something unexpected" in err
     assert "rerun with -v" in err and str(out / "nasdet.log") in err
-    assert "Traceback" in (out / "nasdet.log").read_text()
+    log = (out / "nasdet.log").read_text()
+    assert "Traceback" in log and "our own debug line" in log and "STREAM" not in log
 
     def interrupted(cfg: object, out: object, **kw: object) -> None:
         raise KeyboardInterrupt
@@ -186,8 +191,22 @@ def test_the_primary_metric_is_the_configs_not_map(digits_root: Path, tmp_path: 
     assert cfg.primary_metric == "AP50" and _objectives(cfg) == ["params", "AP50"]
 
     def rec(i: int, ap50: float, m_ap: float) -> Record:
-        return Record(i, "serial", f"g{i}", None, "done", {"AP50": ap50, "mAP": m_ap}, {}, None,
-                      None, 0.0, None, None, None, {})
+        return Record(
+            i,
+            "serial",
+            f"g{i}",
+            None,
+            "done",
+            {"AP50": ap50, "mAP": m_ap},
+            {},
+            None,
+            None,
+            0.0,
+            None,
+            None,
+            None,
+            {},
+        )
 
     assert _best([rec(1, 0.9, 0.1), rec(2, 0.5, 0.6)], cfg.primary_metric).id == 1
     det = {

@@ -22,6 +22,7 @@ from nasdet.errors import NasdetError, TrainingDiverged, WorkFailed
 log = logging.getLogger("nasdet")
 _FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 LOG_FILENAME = "nasdet.log"
+QUIET_LIBRARIES = ("PIL", "matplotlib", "urllib3", "filelock", "fsspec")
 SEARCHED_ARCH = "--searched-arch"
 
 
@@ -95,6 +96,8 @@ def _log_to_file(args: argparse.Namespace) -> logging.FileHandler | None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    for chatty in QUIET_LIBRARIES:  # their DEBUG lines (one per PNG chunk read...) drown ours
+        logging.getLogger(chatty).setLevel(logging.INFO)
     for h in root.handlers:  # the terminal keeps the level -v / -q asked for
         if h is not handler and isinstance(h, logging.StreamHandler):
             h.setLevel(
