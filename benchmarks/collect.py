@@ -25,6 +25,7 @@ SECTIONS = [
     ("make demo (the SP-NAS preset)", "demo.md"),
     ("DetNAS on the bundled digits", "detnas.md"),
     ("OFA on the bundled digits", "ofa.md"),
+    ("Latency-constrained search (ENOT's flow) on the bundled digits", "latency.md"),
 ]
 HEADER = """# Benchmarks
 

@@ -1,0 +1,450 @@
+"""Latency-constrained search (``method: latency``, ENOT's flow) on the bundled digits with the
+``ssd_mobilenetv2`` baseline: the LUT's accuracy, the pipeline's wall time, the searched net
+against the baseline at a target of 0.6 x its latency over 3 tune seeds, and search with
+resolution against search without.
+
+Parts (all by default; each resumes where it stopped):
+
+- ``lut``: the LUT's prediction against the whole network measured alone, over 20 random
+  architectures plus the baseline and the cheapest, at the config's resolution, for
+  ``measured:cpu`` and ``measured:onnxruntime`` (one thread each) and ``mmac``: MAPE
+  (target <= 5 %);
+- ``pipeline``: ``nasdet run configs/latency_digits.yaml`` (baseline, pretrain, search, tune;
+  target <= 30 min on 2 CPU cores), with each step's wall time from the run's log;
+- ``resolution``: the same from the pipeline's baseline with ``multiresolution_pretrain`` and
+  ``search_with_resolution`` over ``--range`` (same target);
+- ``seeds``: the baseline trained (``nasdet train``) and the searched net tuned (``nasdet run``
+  with the ``tune`` step from the search's ``ss_checkpoint``) for seeds 1 and 2, two processes of
+  one thread at a time (seed 0 is the pipeline's); ``resolution-seeds``: the same for the net
+  searched with resolution;
+- ``report``: the markdown.
+
+    python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from _common import machine_line, write_fragment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "latency_digits.yaml"
+NASDET = [sys.executable, "-m", "nasdet"]
+SEEDS = (0, 1, 2)
+
+
+def _env(threads: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+# ----------------------------------------------------------------------------- lut
+def lut_check(cfg: Any, dest: Path, n: int = 20, min_run_time: float = 0.5) -> dict[str, Any]:
+    """LUT-predicted against measured whole-network cost for ``n`` random architectures plus
+    the baseline and the cheapest (one thread; kept in ``dest``)."""
+    if dest.is_file():
+        return json.loads(dest.read_text())
+    import torch
+
+    from nasdet.build import build_detector
+    from nasdet.methods.latency.common import space_model
+    from nasdet.methods.latency.latency import Network, _cost, build_table
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    size = cfg.model.min_size
+    detector = build_detector(space_model(cfg), 11, load_weights=False).eval()
+    body = detector.backbone.body
+    rng = random.Random(0)
+    archs = [body.space.baseline] + [body.space.sample(rng) for _ in range(n)]
+    out: dict[str, Any] = {"resolution": size, "n": len(archs) + 1, "kinds": {}}
+    for kind in ("mmac", "measured:cpu", "measured:onnxruntime"):
+        t0 = time.perf_counter()
+        table = build_table(detector, size, kind, min_run_time=min_run_time)
+        built = time.perf_counter() - t0
+        rows = []
+        for arch in [*archs, table.cheapest()]:
+            body.set_active_subnet(arch)
+            x = torch.zeros(1, 3, size, size)
+            measured = _cost(Network(detector), x, kind, min_run_time)
+            rows.append({"arch": arch.to_list(), "lut": table.predict(arch), "measured": measured})
+        body.set_active_subnet(body.space.baseline)
+        errors = [abs(r["lut"] - r["measured"]) / r["measured"] for r in rows]
+        out["kinds"][kind] = {
+            "unit": table.unit,
+            "mape": statistics.mean(errors),
+            "max_ape": max(errors),
+            "build_s": built,
+            "baseline": table.baseline,
+            "minimum": table.minimum,
+            "rows": rows,
+        }
+        print(f"LUT {kind}: MAPE {statistics.mean(errors):.2%} (max {max(errors):.2%})")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=1))
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+def _run(args: list[str], log: Path, threads: int) -> float:
+    """Run a nasdet command (its output in ``log``); wall seconds; raises on failure."""
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [*NASDET, *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=_env(threads),
+            cwd=ROOT,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): see {log}")
+    return time.perf_counter() - t0
+
+
+def step_times(log: Path) -> dict[str, float]:
+    """Each step's wall seconds from a run's ``nasdet.log`` (``== step X ==`` lines)."""
+    stamps: list[tuple[str, datetime]] = []
+    last = None
+    day = timedelta(0)
+    for line in log.read_text().splitlines():
+        m = re.search(r"(\d\d:\d\d:\d\d)", line[:32])
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%H:%M:%S") + day
+        if last is not None and t < last:
+            day += timedelta(days=1)
+            t += timedelta(days=1)
+        last = t
+        s = re.search(r"== step (\w+) ==", line)
+        if s:
+            stamps.append((s.group(1), t))
+    out = {}
+    for (name, t), nxt in zip(stamps, [*stamps[1:], ("end", last)], strict=True):
+        out[name] = (nxt[1] - t).total_seconds()
+    return out
+
+
+def run_config(raw: dict[str, Any], run: Path, name: str) -> dict[str, Any]:
+    """``nasdet run`` of ``raw`` into ``run/name`` (2 threads); its timing (kept)."""
+    done = run / f"{name}.timing.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    out = run / name
+    out.mkdir(parents=True, exist_ok=True)
+    path = run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    wall = _run(["run", str(path), "--out", str(out)], run / f"{name}.log", threads=2)
+    timing = {"minutes": wall / 60, "steps": step_times(out / "nasdet.log")}
+    done.write_text(json.dumps(timing))
+    return timing
+
+
+def resolution_config(raw: dict[str, Any], run: Path, lo_hi: list[int]) -> dict[str, Any]:
+    """The pipeline's config with multiresolution pretrain and search with resolution, from the
+    pipeline's baseline."""
+    new = json.loads(json.dumps(raw))
+    pre, search = new.pop("pretrain"), new.pop("search")
+    new.pop("baseline", None)
+    pre["baseline_ckpt"] = str(run / "pipeline" / "output" / "baseline" / "model.pt")
+    new["multiresolution_pretrain"] = {**pre, "resolution_range": lo_hi}
+    new["search_with_resolution"] = {
+        **search,
+        "resolution_range": lo_hi,
+        "resolution_tolerance": 0.005,
+    }
+    tune = new.pop("tune")
+    new["tune"] = tune
+    return new
+
+
+def _seed_job(job: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"name": job["name"], "mAP": _map_of(job)}
+    except (OSError, ValueError, KeyError):
+        pass
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(job["config"], sort_keys=False))
+    cmd = "train" if job["kind"] == "train" else "run"
+    _run([cmd, str(path), "--out", str(out)], out.with_suffix(".log"), threads=1)
+    return {"name": job["name"], "mAP": _map_of(job)}
+
+
+def _map_of(job: dict[str, Any]) -> float:
+    if job["kind"] == "train":
+        return float(json.loads((Path(job["out"]) / "metrics.json").read_text())["metrics"]["mAP"])
+    from nasdet.search.records import RecordStore
+
+    store = RecordStore(Path(job["out"]) / "records.sqlite")
+    (rec,) = store.records("tune", status="done")
+    return float(rec.metrics["mAP"])
+
+
+def seed_jobs(
+    raw: dict[str, Any], run: Path, which: tuple[str, ...] = ("baseline", "pipeline", "resolution")
+) -> list[dict[str, Any]]:
+    jobs = []
+    base = {k: raw[k] for k in ("data", "model", "train") if k in raw}
+    for s in SEEDS[1:]:
+        if "baseline" in which:
+            jobs.append(
+                {
+                    "name": f"baseline|{s}",
+                    "kind": "train",
+                    "out": str(run / "seeds" / f"baseline_{s}"),
+                    "config": {**base, "seed": s},
+                }
+            )
+        for name, step in (("pipeline", "search"), ("resolution", "search_with_resolution")):
+            if name not in which:
+                continue
+            ckpt = run / name / "output" / step / "search_space.pt"
+            if not ckpt.is_file():
+                continue
+            tune = {**raw.get("tune", {}), "ss_checkpoint": str(ckpt), "searched_arch": None}
+            cfg = {
+                **{
+                    k: v
+                    for k, v in raw.items()
+                    if k
+                    not in (
+                        "baseline",
+                        "pretrain",
+                        "search",
+                        "multiresolution_pretrain",
+                        "search_with_resolution",
+                        "tune",
+                        "pipeline",
+                    )
+                },
+                "seed": s,
+                "tune": tune,
+                "pipeline": ["tune"],
+            }
+            jobs.append(
+                {
+                    "name": f"{name}|{s}",
+                    "kind": "tune",
+                    "out": str(run / "seeds" / f"{name}_{s}"),
+                    "config": cfg,
+                }
+            )
+    return jobs
+
+
+def seeds(raw: dict[str, Any], run: Path, which: tuple[str, ...]) -> dict[str, float]:
+    with ThreadPoolExecutor(2) as pool:
+        return {r["name"]: r["mAP"] for r in pool.map(_seed_job, seed_jobs(raw, run, which))}
+
+
+# ----------------------------------------------------------------------------- report
+def cpu_latency(run: Path, dest: Path) -> dict[str, dict[str, float]]:
+    """CPU latency (torch, one thread, batch 1, backbone + head as the LUT times them) of the
+    baseline's and the tuned nets' model files (kept in ``dest``)."""
+    if dest.is_file():
+        return json.loads(dest.read_text())
+    import torch
+
+    from nasdet.build import load_model
+    from nasdet.cost.latency import measure_latency
+    from nasdet.methods import Model
+    from nasdet.methods.latency.latency import Network
+
+    torch.set_num_threads(1)
+    files = {
+        "baseline": run / "pipeline" / "output" / "baseline" / "model.pt",
+        "pipeline": run / "pipeline" / "output" / "tune" / "model.pt",
+        "resolution": run / "resolution" / "output" / "tune" / "model.pt",
+    }
+    out = {}
+    for name, path in files.items():
+        if not path.is_file():
+            continue
+        detector = load_model(path, Model)
+        side = detector.transform.fixed_size[0]
+        x = torch.zeros(1, 3, side, side)
+        lat = measure_latency(Network(detector), x, device="cpu", threads=1, min_run_time=2.0)
+        out[name] = {"ms": lat.median_ms, "side": side}
+        print(f"{name}: {lat.median_ms:.2f} ms at {side} px")
+    dest.write_text(json.dumps(out))
+    return out
+
+
+def _records(out: Path) -> dict[str, Any]:
+    from nasdet.search.records import RecordStore
+
+    store = RecordStore(out / "records.sqlite")
+    return {r.step + "|" + r.genotype: r for r in store.records(status="done")}
+
+
+def _ms(timed: dict[str, dict[str, float]], name: str) -> str:
+    if name not in timed:
+        return "not measured"
+    ms = timed[name]["ms"]
+    base = timed.get("baseline", {}).get("ms")
+    return f"{ms:.1f} ({ms / base:.2f})" if base else f"{ms:.1f}"
+
+
+def _mean_sd(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
+
+
+def markdown(
+    raw: dict[str, Any],
+    run: Path,
+    lut: dict[str, Any] | None,
+    seeds_map: dict[str, float],
+    timed: dict[str, dict[str, float]],
+) -> str:
+    lines = []
+    unit = "MMAC"
+    pipe = run / "pipeline.timing.json"
+    if pipe.is_file():
+        t = json.loads(pipe.read_text())
+        steps = ", ".join(f"{k} {v / 60:.1f}" for k, v in t["steps"].items())
+        lines += [
+            "`configs/latency_digits.yaml` (ssd_mobilenetv2 "
+            f"x{raw['model']['backbone']['width_mult']} at {raw['model']['min_size']} px, "
+            f"target {raw['search']['target_latency']} {unit} "
+            f"= 0.6 x the baseline's): pipeline wall time **{t['minutes']:.1f} min** (target "
+            f"<= 30); per step (min): {steps}.",
+            "",
+        ]
+        if "baseline" in t["steps"] and "pretrain" in t["steps"]:
+            ratio = t["steps"]["pretrain"] / t["steps"]["baseline"]
+            lines += [
+                f"Pretrain cost: {ratio:.2f} x the baseline's training wall time for the same "
+                f"number of epochs ({raw['pretrain'].get('epochs')} vs "
+                f"{raw['train']['epochs']}); the seed says 5-7 x is typical (for ENOT's longer "
+                "pretraining).",
+                "",
+            ]
+    rows = [
+        "| model | arch | side | LUT MMAC | ratio | CPU ms (ratio) | val mAP (seeds 0, 1, 2) "
+        "| drop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_maps: list[float] = []
+    base_cost = None
+    for name, label in (("pipeline", "searched"), ("resolution", "searched with resolution")):
+        if not (run / name / "records.sqlite").is_file():
+            continue
+        recs = _records(run / name)
+        if name == "pipeline" and "baseline|baseline" in recs:
+            b = recs["baseline|baseline"]
+            base_cost = b.cost["latency_lut"]
+            base_maps = [b.metrics["mAP"]] + [
+                seeds_map[f"baseline|{s}"] for s in SEEDS[1:] if f"baseline|{s}" in seeds_map
+            ]
+            rows.append(
+                f"| baseline | all 0 | {raw['model']['min_size']} | {base_cost:.1f} | 1.00 | "
+                f"{_ms(timed, 'baseline')} | {_mean_sd(base_maps)} | |"
+            )
+        tunes = [r for k, r in recs.items() if k.startswith("tune|")]
+        if not tunes:
+            continue
+        t = tunes[0]
+        maps = [t.metrics["mAP"]] + [
+            seeds_map[f"{name}|{s}"] for s in SEEDS[1:] if f"{name}|{s}" in seeds_map
+        ]
+        drop = statistics.mean(base_maps) - statistics.mean(maps) if base_maps else float("nan")
+        ratio = t.cost["latency_lut"] / base_cost if base_cost else float("nan")
+        rows.append(
+            f"| {label} | `{t.extra['arch']}` | {t.extra['resolution']} | "
+            f"{t.cost['latency_lut']:.1f} | {ratio:.2f} | {_ms(timed, name)} | {_mean_sd(maps)} | "
+            f"{drop * 100:+.1f} pts |"
+        )
+    if len(rows) > 2:
+        lines += [
+            "**Searched against the baseline** (the baseline trained from scratch with `train`; "
+            "the searched nets tuned from the space's weights with the same `train`; mean ± sd "
+            "over seeds; drop = baseline mean − searched mean, target <= 2 mAP points at "
+            "0.6 x the baseline's latency; CPU ms: backbone + head at batch 1 on one thread, "
+            "torch, median):",
+            "",
+            *rows,
+            "",
+        ]
+    if lut:
+        lr = [
+            "| latency model | unit | baseline | minimum | LUT build (s) | MAPE | max error |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for kind, k in lut["kinds"].items():
+            lr.append(
+                f"| `{kind}` | {k['unit']} | {k['baseline']:.3f} | {k['minimum']:.3f} | "
+                f"{k['build_s']:.0f} | **{k['mape']:.2%}** | {k['max_ape']:.2%} |"
+            )
+        lines += [
+            f"**LUT accuracy** at {lut['resolution']} px: the LUT's prediction (fixed part + "
+            "each block's variant timed in place) against the whole network timed alone, over "
+            f"{lut['n']} architectures (20 random, the baseline, the cheapest), batch 1, one "
+            "thread (target: MAPE <= 5 %):",
+            "",
+            *lr,
+            "",
+        ]
+    lines += [
+        "Command: `python benchmarks/latency_digits.py --out docs/benchmarks/latency.md`  ",
+        f"Machine: {machine_line()}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "latency.md"))
+    p.add_argument("--run-dir", default=str(ROOT / "runs" / "benchmarks" / "latency_digits"))
+    p.add_argument("--parts", default="lut,pipeline,resolution,seeds,resolution-seeds,report")
+    p.add_argument("--range", default="96,160", help="resolution range of the resolution part")
+    args = p.parse_args()
+    parts = set(args.parts.split(","))
+    run = Path(args.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load(CONFIG.read_text())
+    lut = None
+    if "lut" in parts or (run / "lut_check.json").is_file():
+        from nasdet.methods import load_run_config
+
+        lut = lut_check(load_run_config(CONFIG), run / "lut_check.json")
+    if "pipeline" in parts:
+        print("pipeline:", run_config(raw, run, "pipeline"))
+    if "resolution" in parts:
+        lo_hi = [int(v) for v in args.range.split(",")]
+        print("resolution:", run_config(resolution_config(raw, run, lo_hi), run, "resolution"))
+    seeds_map = seeds(raw, run, ("baseline", "pipeline")) if "seeds" in parts else {}
+    if "resolution-seeds" in parts:
+        seeds_map.update(seeds(raw, run, ("resolution",)))
+    if "report" in parts:
+        if not seeds_map:
+            seeds_map = {
+                j["name"]: _map_of(j)
+                for j in seed_jobs(raw, run)
+                if Path(
+                    j["out"], "metrics.json" if j["kind"] == "train" else "records.sqlite"
+                ).is_file()
+            }
+        timed = cpu_latency(run, run / "cpu_latency.json")
+        write_fragment(args.out, markdown(raw, run, lut, seeds_map, timed))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
