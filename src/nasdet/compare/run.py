@@ -21,10 +21,10 @@ import yaml
 
 from nasdet.atomic import write_json_atomic, write_text_atomic
 from nasdet.compare.inputs import Architecture, ComparePlan
-from nasdet.compare.summary import SCHEMA, summarize
+from nasdet.compare.summary import summarize
 from nasdet.engine.train import CHECKPOINT
 from nasdet.errors import ConfigError, WorkFailed
-from nasdet.pipeline import changed_keys
+from nasdet.pipeline import VOLATILE_KEYS, changed_keys
 from nasdet.search.records import RECORDS_FILENAME, Record, RecordStore
 from nasdet.training import train_step
 
@@ -54,12 +54,13 @@ def record_name(label: str, seed: int) -> str:
 
 
 def check_inputs(plan: ComparePlan, out: Path) -> None:
-    """Refuse a resume whose inputs changed (one line naming the keys); then keep them."""
+    """Refuse a resume whose inputs changed (one line naming the keys; the budget keys that
+    change no result, such as ``data.num_workers``, may change); then keep them."""
     path = out / INPUTS_FILENAME
     new = plan.inputs()
     if path.is_file():
         old = yaml.safe_load(path.read_text()) or {}
-        changed = changed_keys(old, new)
+        changed = changed_keys(old, new, tuple(f"budget.{k}" for k in VOLATILE_KEYS))
         if changed:
             shown = ", ".join(changed[:6]) + (
                 f" and {len(changed) - 6} more" if len(changed) > 6 else ""
@@ -126,7 +127,6 @@ def run_compare(
             f"{len(failed)} training(s) failed ({names}); no verdict — their errors are in "
             f"{out / RESULT_FILENAME} and {store.path}; rerun the same command to retry them"
         )
-    assert summary["schema"] == SCHEMA
     return CompareResult(summary, Path(json_path), report, trained)
 
 
