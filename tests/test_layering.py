@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-GLUE = {"nasdet", "nasdet.cli", "nasdet.pipeline", "nasdet.__main__", "nasdet.methods"}
+GLUE = {
+    "nasdet",
+    "nasdet.cli",
+    "nasdet.pipeline",
+    "nasdet.__main__",
+    "nasdet.methods",
+    "nasdet.compare.inputs",  # nasdet compare reads configs and model files of every method
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -208,6 +208,33 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out of `nasdet run`")
     rp.set_defaults(func=cmd_report)
 
+    cp = sub.add_parser(
+        "compare",
+        help="train architectures with one budget and K seeds; mean ± std, cost, paired t-tests",
+    )
+    cp.add_argument(
+        "archs",
+        nargs="+",
+        metavar="[LABEL=]PATH",
+        help="a train config (YAML) or a model file (model.pt: its architecture, trained from "
+        "scratch); LABEL names it (default: the config's name, the model file's folder)",
+    )
+    cp.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    cp.add_argument(
+        "--budget",
+        type=Path,
+        metavar="CONFIG",
+        help="train every architecture with this config's data/train/eval and input size, "
+        "replacing what the configs give (listed); default: the first config's, and a config "
+        "that differs is refused",
+    )
+    seeds = cp.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: 0,1,2)")
+    seeds.add_argument("--num-seeds", type=int, metavar="K", help="seeds 0..K-1")
+    cp.add_argument("--latency", action="store_true", help="also measure CPU latency (ms)")
+    cp.add_argument("--threads", type=int, help="threads for --latency (default: torch's)")
+    cp.set_defaults(func=cmd_compare)
+
     d = sub.add_parser("data", help="make or check datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     g = dsub.add_parser("digits", help="write the bundled digits detection set (COCO format)")
@@ -517,6 +544,47 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         title = f"nasdet {method.title}" if method else title
     print(f"report: {regenerate_report(args.run_dir, title=title)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from nasdet.compare.inputs import make_plan, parse_seeds
+    from nasdet.compare.report import architecture_table, cell_text, pairs_table
+    from nasdet.compare.run import RESULT_FILENAME, run_compare
+
+    plan = make_plan(args.archs, parse_seeds(args.seeds, args.num_seeds), args.budget)
+    for arch in plan.architectures:
+        if arch.overridden:
+            print(f"{arch.label}: the budget ({plan.budget_source}) replaced "
+                  f"{', '.join(arch.overridden)}")  # fmt: skip
+    result = run_compare(
+        plan,
+        args.out,
+        latency=args.latency,
+        threads=args.threads,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    tty = sys.stdout.isatty()
+    for table in (architecture_table(result.summary), pairs_table(result.summary)):
+        rows = [[cell_text(v) for v in row] for row in table.rows]
+        if tty:
+            from rich.console import Console
+            from rich.table import Table
+
+            shown = Table(caption=table.caption, header_style="bold")
+            for name in table.headers:
+                shown.add_column(name)
+            for i, row in enumerate(rows):
+                shown.add_row(*row, style="bold green" if i in table.marked else None)
+            Console().print(shown)
+        else:
+            widths = [max(len(r[i]) for r in [list(table.headers), *rows]) for i in
+                      range(len(table.headers))]  # fmt: skip
+            for row in [list(table.headers), *rows]:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            print(f"({table.caption})\n")
+    print(f"trained now: {result.trained}; results: {args.out / RESULT_FILENAME}")
+    print(f"report:  {result.report}")
     return 0
 
 

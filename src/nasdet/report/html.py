@@ -30,7 +30,14 @@ from nasdet.report.sections import Scatter, Section, Table
 from nasdet.search.pareto import Objective, pareto_records, parse_objectives
 from nasdet.search.records import Record, RecordStore, RecordStoreError
 
-__all__ = ["REPORT_FILENAME", "lineage", "write_report"]
+__all__ = [
+    "REPORT_FILENAME",
+    "figure_html",
+    "lineage",
+    "section_html",
+    "write_page",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -458,4 +465,37 @@ def write_report(
     path = Path(out_dir) / REPORT_FILENAME
     write_text_atomic(path, page)
     logger.info("wrote the report of %d step(s) to %s", len(steps), path)
+    return path
+
+
+# -- pages of other commands ----------------------------------------------------------------
+
+
+def section_html(section: Section, index: int = 0) -> str:
+    """One :class:`Section` as HTML (``id="method-<index>"``), as the run report shows it."""
+    return _method_section(index, section)
+
+
+def figure_html(png: str, alt: str, caption: str = "") -> str:
+    """A figure of a base64 PNG (:mod:`nasdet.report.plots`); ``alt`` and ``caption`` are
+    plain text."""
+    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{png}">{cap}</figure>'
+
+
+def write_page(out_dir: str | Path, *, title: str, body: Sequence[str], note: str = "") -> Path:
+    """Write ``out_dir/report.html``: a self-contained page (the run report's CSS) with
+    ``title``, a muted ``note`` line (plain text) and ``body`` (HTML parts, e.g.
+    :func:`section_html`); returns its path (replaced atomically)."""
+    parts = [f"<h1>{escape(title)}</h1>"]
+    if note:
+        parts.append(f'<p class="muted">{escape(note)}; written {fmt_time(time.time())}</p>')
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join([*parts, *body])
+        + "\n</body></html>\n"
+    )
+    path = Path(out_dir) / REPORT_FILENAME
+    write_text_atomic(path, page)
     return path

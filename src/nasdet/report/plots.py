@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["Point", "axis_scale", "lineage_plot", "pareto_plot"]
+__all__ = ["Point", "axis_scale", "errorbar_plot", "lineage_plot", "pareto_plot"]
 
 _FIGSIZE = (6.0, 4.0)  # inches
 _DPI = 100
@@ -203,5 +203,53 @@ def lineage_plot(
     ax.set_xlabel(x_label, parse_math=False)
     ax.set_ylabel(y_label, parse_math=False)
     ax.set_title("lineage of the winner (root → winner)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    return _png_base64(fig)
+
+
+def errorbar_plot(
+    points: Sequence[Point],
+    errors: Sequence[float | None],
+    *,
+    x_key: str,
+    y_key: str,
+    title: str,
+) -> str:
+    """Labelled points with vertical error bars (e.g. mean mAP ± std over seeds against a
+    cost), one colour each.
+
+    Args:
+        points: x and y in stored units (see :func:`axis_scale`), ``label`` annotated.
+        errors: the half-length of each point's bar in ``y`` units (``None``: no bar).
+        x_key, y_key: the keys plotted, for axis scale and labels.
+        title: figure title (shown as is).
+
+    Returns:
+        The PNG image, base64-encoded.
+    """
+    x_div, x_label = axis_scale(x_key)
+    y_div, y_label = axis_scale(y_key)
+    fig = Figure(figsize=_FIGSIZE, layout="constrained")
+    ax = fig.add_subplot()
+    for point, err in zip(points, errors, strict=True):
+        ax.errorbar(
+            [point.x / x_div],
+            [point.y / y_div],
+            yerr=None if err is None else [err / y_div],
+            fmt="o",
+            capsize=4,
+            label=point.label,
+        )
+        ax.annotate(
+            point.label,
+            (point.x / x_div, point.y / y_div),
+            xytext=(6, 4),
+            textcoords="offset points",
+            fontsize=8,
+            parse_math=False,
+        )
+    ax.set_xlabel(x_label, parse_math=False)
+    ax.set_ylabel(y_label, parse_math=False)
+    ax.set_title(title, fontsize=10, parse_math=False)
     ax.grid(True, alpha=0.3)
     return _png_base64(fig)

@@ -1,0 +1,1 @@
+"""`nasdet compare`: train several architectures with one budget and K seeds, and compare them."""
