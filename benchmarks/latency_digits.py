@@ -16,7 +16,8 @@ Parts (all by default; each resumes where it stopped):
 - ``seeds``: the baseline trained (``nasdet train``) and the searched net tuned (``nasdet run``
   with the ``tune`` step from the search's ``ss_checkpoint``) for seeds 1 and 2, two processes of
   one thread at a time (seed 0 is the pipeline's); ``resolution-seeds``: the same for the net
-  searched with resolution;
+  searched with resolution; ``scratch``: the searched architecture trained from scratch with the
+  baseline's setup for seeds 0, 1 and 2 (the equal-budget comparison);
 - ``report``: the markdown.
 
     python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -191,18 +193,23 @@ def _map_of(job: dict[str, Any]) -> float:
         return float(json.loads((Path(job["out"]) / "metrics.json").read_text())["metrics"]["mAP"])
     from nasdet.search.records import RecordStore
 
-    store = RecordStore(Path(job["out"]) / "records.sqlite")
+    path = Path(job["out"]) / "records.sqlite"
+    if not path.is_file():  # opening a store creates it
+        raise FileNotFoundError(path)
+    store = RecordStore(path)
     (rec,) = store.records("tune", status="done")
     return float(rec.metrics["mAP"])
 
 
 def seed_jobs(
-    raw: dict[str, Any], run: Path, which: tuple[str, ...] = ("baseline", "pipeline", "resolution")
+    raw: dict[str, Any],
+    run: Path,
+    which: tuple[str, ...] = ("baseline", "pipeline", "resolution", "scratch"),
 ) -> list[dict[str, Any]]:
     jobs = []
     base = {k: raw[k] for k in ("data", "model", "train") if k in raw}
-    for s in SEEDS[1:]:
-        if "baseline" in which:
+    for s in SEEDS:
+        if "baseline" in which and s != SEEDS[0]:
             jobs.append(
                 {
                     "name": f"baseline|{s}",
@@ -211,13 +218,23 @@ def seed_jobs(
                     "config": {**base, "seed": s},
                 }
             )
-        for name, step in (("pipeline", "search"), ("resolution", "search_with_resolution")):
-            if name not in which:
-                continue
-            ckpt = run / name / "output" / step / "search_space.pt"
+        for name, step, init in (
+            ("pipeline", "search", "search_space"),
+            ("resolution", "search_with_resolution", "search_space"),
+            ("scratch", "search", "scratch"),
+        ):
+            if name not in which or (name != "scratch" and s == SEEDS[0]):
+                continue  # seed 0 of a tune from the space is the run's own
+            src = "pipeline" if name == "scratch" else name
+            ckpt = run / src / "output" / step / "search_space.pt"
             if not ckpt.is_file():
                 continue
-            tune = {**raw.get("tune", {}), "ss_checkpoint": str(ckpt), "searched_arch": None}
+            tune = {
+                **raw.get("tune", {}),
+                "ss_checkpoint": str(ckpt),
+                "searched_arch": None,
+                "init": init,
+            }
             cfg = {
                 **{
                     k: v
@@ -337,8 +354,7 @@ def markdown(
                 "",
             ]
     rows = [
-        "| model | arch | side | LUT MMAC | ratio | CPU ms (ratio) | val mAP (seeds 0, 1, 2) "
-        "| drop |",
+        "| model | arch | side | LUT MMAC | ratio | CPU ms (ratio) | val mAP | drop |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     base_maps: list[float] = []
@@ -361,20 +377,26 @@ def markdown(
         if not tunes:
             continue
         t = tunes[0]
-        maps = [t.metrics["mAP"]] + [
-            seeds_map[f"{name}|{s}"] for s in SEEDS[1:] if f"{name}|{s}" in seeds_map
-        ]
-        drop = statistics.mean(base_maps) - statistics.mean(maps) if base_maps else float("nan")
         ratio = t.cost["latency_lut"] / base_cost if base_cost else float("nan")
-        rows.append(
-            f"| {label} | `{t.extra['arch']}` | {t.extra['resolution']} | "
-            f"{t.cost['latency_lut']:.1f} | {ratio:.2f} | {_ms(timed, name)} | {_mean_sd(maps)} | "
-            f"{drop * 100:+.1f} pts |"
-        )
+        variants = [(name, label, [t.metrics["mAP"]])]
+        if name == "pipeline":
+            variants.append(("scratch", "searched, trained from scratch", []))
+        for key, text, first in variants:
+            maps = first + [seeds_map[f"{key}|{s}"] for s in SEEDS if f"{key}|{s}" in seeds_map]
+            if not maps:
+                continue
+            drop = statistics.mean(base_maps) - statistics.mean(maps) if base_maps else math.nan
+            rows.append(
+                f"| {text} | `{t.extra['arch']}` | {t.extra['resolution']} | "
+                f"{t.cost['latency_lut']:.1f} | {ratio:.2f} | {_ms(timed, name)} | "
+                f"{_mean_sd(maps)} ({len(maps)} seeds) | {drop * 100:+.1f} pts |"
+            )
     if len(rows) > 2:
         lines += [
             "**Searched against the baseline** (the baseline trained from scratch with `train`; "
-            "the searched nets tuned from the space's weights with the same `train`; mean ± sd "
+            "the searched nets tuned with the same `train` from the space's weights, as ENOT "
+            "does, so they inherit the baseline's and the pretrain's epochs; the row 'from "
+            "scratch' is the searched architecture alone at the baseline's budget; mean ± sd "
             "over seeds; drop = baseline mean − searched mean, target <= 2 mAP points at "
             "0.6 x the baseline's latency; CPU ms: backbone + head at batch 1 on one thread, "
             "torch, median):",
@@ -430,17 +452,18 @@ def main() -> None:
         lo_hi = [int(v) for v in args.range.split(",")]
         print("resolution:", run_config(resolution_config(raw, run, lo_hi), run, "resolution"))
     seeds_map = seeds(raw, run, ("baseline", "pipeline")) if "seeds" in parts else {}
+    if "scratch" in parts:
+        seeds_map.update(seeds(raw, run, ("scratch",)))
     if "resolution-seeds" in parts:
         seeds_map.update(seeds(raw, run, ("resolution",)))
     if "report" in parts:
         if not seeds_map:
-            seeds_map = {
-                j["name"]: _map_of(j)
-                for j in seed_jobs(raw, run)
-                if Path(
-                    j["out"], "metrics.json" if j["kind"] == "train" else "records.sqlite"
-                ).is_file()
-            }
+            seeds_map = {}
+            for j in seed_jobs(raw, run):
+                try:
+                    seeds_map[j["name"]] = _map_of(j)
+                except (OSError, ValueError, KeyError):
+                    pass  # not trained yet
         timed = cpu_latency(run, run / "cpu_latency.json")
         write_fragment(args.out, markdown(raw, run, lut, seeds_map, timed))
         print(f"wrote {args.out}")
