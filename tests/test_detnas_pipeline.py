@@ -90,13 +90,15 @@ def test_detnas_pipeline_end_to_end(digits_root: Path, cls_root: Path, tmp_path:
         assert rec.cost["backbone_params"] <= 40_000 and rec.cost["params"] > 0
         assert 0.0 <= rec.metrics["mAP"] <= 1.0
     result = json.loads((out / "result.json").read_text())
-    # subnet_train trained the best scored subnet and (baseline: true) the hand-crafted
+    # with a cost limit, selection 'auto' is 'best': the highest mAP, ties to the lower
+    # backbone_flops (the second objective)
+    # subnet_train trained the chosen subnet and (baseline: true) the hand-crafted
     # ShuffleNetV2 of the same depths, unless the search picked exactly that one
     from nasdet.methods.detnas.space import handcrafted
 
     trained = store.records("subnet_train", status="done")
     roles = {r.extra["role"]: r for r in trained}
-    top = max(scored, key=lambda r: r.metrics["mAP"])
+    top = max(scored, key=lambda r: (r.metrics["mAP"], -r.cost["backbone_flops"]))
     hand = str(handcrafted(ShuffleNetCode.parse(top.genotype).depths))
     assert set(roles) == ({"searched"} if top.genotype == hand else {"searched", "baseline"})
     assert len(trained) == len(roles)
@@ -106,8 +108,8 @@ def test_detnas_pipeline_end_to_end(digits_root: Path, cls_root: Path, tmp_path:
     winner = nasdet.load_model(result["model"])
     assert winner.backbone.body.__class__.__name__ == "ShuffleNetV2Backbone"
     assert (out / "report.html").is_file()
-    # the best subnet was exported as a standalone detector and as a genotype file
-    best = max(scored, key=lambda r: r.metrics["mAP"])
+    # the chosen subnet was exported as a standalone detector and as a genotype file
+    best = top
     step_dir = out / "output" / "evolution_search"
     code = ShuffleNetCode.from_yaml((step_dir / "best_subnet.yaml").read_text())
     assert str(code) == best.genotype

@@ -21,6 +21,7 @@ from nasdet.methods.detnas.parts import ShuffleNetNASSpec, ShuffleNetSupernetSpe
 from nasdet.search.constraints import Constraints
 from nasdet.search.executors import ExecutorSettings
 from nasdet.search.pareto import check_objectives, primary_metric
+from nasdet.search.selection import Selection
 
 DETNAS_STEPS = ("supernet_pretrain", "supernet_train", "evolution_search", "subnet_train")
 
@@ -65,6 +66,9 @@ class EvolutionSearch(ExecutorSettings):
     )
     objective_keys: list[str] = Field(
         ["mAP", "backbone_flops"], description="the Pareto front reported (score: the first)"
+    )
+    selection: Selection = Field(
+        default_factory=Selection, description="how the subnet to retrain is picked"
     )
 
     @field_validator("objective_keys")

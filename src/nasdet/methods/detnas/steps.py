@@ -52,6 +52,7 @@ from nasdet.search.evolution import EvolutionSettings, InfeasibleConstraints, ev
 from nasdet.search.executors import Executor, make_executor
 from nasdet.search.pareto import pareto_records, write_pareto_csv
 from nasdet.search.records import Record, RecordStore, commit_result, done_record
+from nasdet.search.selection import Selection, choose
 from nasdet.search.supernet import export_subnet
 from nasdet.training import config_fingerprint, train_step
 
@@ -155,8 +156,8 @@ def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
 # ----------------------------------------------------------------------------- step 3
 def evolution(
     cfg: DetNASRunConfig, store: RecordStore, out: Path, supernet_path: Path, ex: Executor
-) -> list[Record]:
-    """Step 3: the evolution search; returns the scored records, best first. The cheapest
+) -> Record:
+    """Step 3: the evolution search; returns the chosen record (``selection``). The cheapest
     architecture of the space is checked against the constraints first (the hand-crafted 3x3
     network: every other choice costs more), so impossible limits fail at once."""
     step = cfg.evolution_search
@@ -213,14 +214,30 @@ def evolution(
     )
     if not records:
         raise ConfigError("evolution_search: no candidate could be scored — see the log")
-    _export_front(cfg, store, out, supernet_path, records)
-    return records
+    chosen = chosen_subnet(cfg, records)
+    _export_front(cfg, store, out, supernet_path, records, chosen)
+    return chosen
+
+
+def chosen_subnet(cfg: DetNASRunConfig, records: list[Record]) -> Record:
+    """The subnet to retrain among the scored ``records``, by ``evolution_search.selection``
+    (the best score when the config has no ``evolution_search`` section)."""
+    step = cfg.evolution_search
+    if step is None:
+        return choose(records, [cfg.primary_metric], Selection(rule="best"), False, "search").record
+    given = step.constraints.given
+    return choose(records, step.objective_keys, step.selection, given, "evolution_search").record
 
 
 def _export_front(
-    cfg: DetNASRunConfig, store: RecordStore, out: Path, supernet_path: Path, records: list[Record]
+    cfg: DetNASRunConfig,
+    store: RecordStore,
+    out: Path,
+    supernet_path: Path,
+    records: list[Record],
+    best: Record,
 ) -> None:
-    """``pareto.csv``, and for the best subnet and each Pareto member: ``subnet_<id>.yaml``
+    """``pareto.csv``, and for the chosen subnet and each Pareto member: ``subnet_<id>.yaml``
     (genotype, MMRazor mutable_cfg layout) and ``subnet_<id>.pth`` (standalone detector with
     the supernet's weights, BN recalibrated when the search recalibrates)."""
     step = cfg.evolution_search
@@ -229,7 +246,7 @@ def _export_front(
     step_dir.mkdir(parents=True, exist_ok=True)
     write_pareto_csv(step_dir / "pareto.csv", records, step.objective_keys)
     members = {r.id: r for r in pareto_records(records, step.objective_keys)}
-    members[records[0].id] = records[0]
+    members[best.id] = best
     supernet, data, pristine = load_supernet(str(supernet_path), json.dumps(base_config(cfg)))
     ncls = len(data.categories) + 1
     for rec in members.values():
@@ -253,10 +270,9 @@ def _export_front(
             cat_ids=data.cat_ids,
             meta={"metrics": rec.metrics, "cost": rec.cost, "from_supernet": str(supernet_path)},
         )
-    best = records[0]
     (step_dir / "best_subnet.yaml").write_text(ShuffleNetCode.parse(best.genotype).to_yaml())
     key = cfg.primary_metric
-    log.info("evolution_search: best %s (%s %.4f) -> %s", best.genotype, key,
+    log.info("evolution_search: chosen %s (%s %.4f) -> %s", best.genotype, key,
              best.metrics.get(key, float("nan")), step_dir / f"subnet_{best.id}.pth")  # fmt: skip
 
 
@@ -364,11 +380,11 @@ def run(cfg: DetNASRunConfig, out: Path) -> MethodResult:
                     raise ConfigError(
                         f"evolution_search: {supernet_path} not found — run supernet_train first"
                     )
-                final = evolution(cfg, store, out, supernet_path, ex)[0]
+                final = evolution(cfg, store, out, supernet_path, ex)
                 model = out / "output" / "evolution_search" / f"subnet_{final.id}.pth"
             else:
                 done = store.records("evolution_search", status="done")
-                best = max(done, key=lambda r: r.metrics.get(key, float("-inf")), default=None)
+                best = chosen_subnet(cfg, done) if done else None
                 final, baseline = subnet_train(cfg, store, out, best)
                 model = None
     shown = [s for s in cfg.steps if s in ("evolution_search", "subnet_train")]

@@ -37,6 +37,7 @@ from nasdet.methods.ofa.parts import BACKBONES
 from nasdet.methods.ofa.shrinking import ScheduleCfg
 from nasdet.search.constraints import Constraints
 from nasdet.search.pareto import check_objectives, primary_metric
+from nasdet.search.selection import Selection
 
 OFA_STEPS = ("supernet_train", "search", "final_train")
 
@@ -138,6 +139,9 @@ class Search(Strict):
     calibrate_samples: int = Field(256, ge=1)
     constraints: Constraints = Field(default_factory=Constraints)
     objective_keys: list[str] = Field(["mAP", "flops"], description="Pareto front (score first)")
+    selection: Selection = Field(
+        default_factory=Selection, description="how the subnet to train is picked"
+    )
     predictor: PredictorCfg = Field(default_factory=PredictorCfg)
 
     @field_validator("objective_keys")

@@ -39,6 +39,7 @@ from nasdet.search.evolution import InfeasibleConstraints
 from nasdet.search.pareto import pareto_records, write_pareto_csv
 from nasdet.search.predictor import AccuracyPredictor
 from nasdet.search.records import Record, RecordStore
+from nasdet.search.selection import Selection, choose
 from nasdet.search.supernet import export_subnet
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,10 @@ def _score(state: ScoringState, payload: dict[str, Any]) -> dict[str, Any]:
     return score_subnet(state, payload)
 
 
-def search(cfg: OFARunConfig, store: RecordStore, out: Path, supernet_path: Path) -> list[Record]:
-    """Run (or resume) the search; the scored records, best first. The smallest subnet of the
-    space is checked against the constraints first (every other costs more), so impossible
-    limits fail at once."""
+def search(cfg: OFARunConfig, store: RecordStore, out: Path, supernet_path: Path) -> Record:
+    """Run (or resume) the search; the chosen record (``search.selection``). The smallest subnet
+    of the space is checked against the constraints first (every other costs more), so
+    impossible limits fail at once."""
     s = cfg.search
     assert s is not None
     c = s.constraints
@@ -143,12 +144,24 @@ def search(cfg: OFARunConfig, store: RecordStore, out: Path, supernet_path: Path
     log.info("search: %d scored, %d failed, %d infeasible; workers %s", result.summary.get(
         "scored", 0), result.summary.get("failures", 0), result.summary.get("infeasible", 0),
         result.summary.get("workers"))  # fmt: skip
-    _export_front(cfg, out, supernet_path, records)
-    return records
+    chosen = chosen_subnet(cfg, records)
+    _export_front(cfg, out, supernet_path, records, chosen)
+    return chosen
 
 
-def _export_front(cfg: OFARunConfig, out: Path, supernet_path: Path, records: list[Record]) -> None:
-    """``pareto.csv``, and for the best subnet and each Pareto member ``subnet_<id>.json``
+def chosen_subnet(cfg: OFARunConfig, records: list[Record]) -> Record:
+    """The subnet to train among the scored ``records``, by ``search.selection`` (the best score
+    when the config has no ``search`` section)."""
+    s = cfg.search
+    if s is None:
+        return choose(records, [cfg.primary_metric], Selection(rule="best"), False, "search").record
+    return choose(records, s.objective_keys, s.selection, s.constraints.given, "search").record
+
+
+def _export_front(
+    cfg: OFARunConfig, out: Path, supernet_path: Path, records: list[Record], best: Record
+) -> None:
+    """``pareto.csv``, and for the chosen subnet and each Pareto member ``subnet_<id>.json``
     (Once-for-All's genotype dict) and ``subnet_<id>.pth`` (a standalone detector with the
     supernet's sliced weights, BN recalibrated as when it was scored)."""
     s = cfg.search
@@ -156,7 +169,7 @@ def _export_front(cfg: OFARunConfig, out: Path, supernet_path: Path, records: li
     step_dir = out / "output" / "search"
     write_pareto_csv(step_dir / "pareto.csv", records, s.objective_keys)
     members = {r.id: r for r in pareto_records(records, s.objective_keys)}
-    members[records[0].id] = records[0]
+    members[best.id] = best
     state = setup(payload_for(supernet_path, cfg.base(), s.bn_mode, s.calibrate_samples))
     ncls = len(state.data.categories) + 1
     for rec in members.values():
@@ -174,11 +187,10 @@ def _export_front(cfg: OFARunConfig, out: Path, supernet_path: Path, records: li
             cat_ids=state.data.cat_ids,
             meta={"metrics": rec.metrics, "cost": rec.cost, "from_supernet": str(supernet_path)},
         )
-    best = records[0]
     best_json = genotype_json(OFAGenotype.parse(best.genotype))
     write_text_atomic(step_dir / "best_subnet.json", best_json)
     key = cfg.primary_metric
-    log.info("search: best %s (%s %.4f) -> %s", best.genotype, key,
+    log.info("search: chosen %s (%s %.4f) -> %s", best.genotype, key,
              best.metrics.get(key, float("nan")), step_dir / f"subnet_{best.id}.pth")  # fmt: skip
 
 

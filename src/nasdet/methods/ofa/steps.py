@@ -301,11 +301,11 @@ def run(cfg: OFARunConfig, out: Path) -> MethodResult:
         elif name == "search":
             if not supernet_path.is_file():
                 raise ConfigError(f"search: {supernet_path} not found — run supernet_train first")
-            final = evolve.search(cfg, store, out, supernet_path)[0]
+            final = evolve.search(cfg, store, out, supernet_path)
             model = out / "output" / "search" / f"subnet_{final.id}.pth"
         else:
             done = store.records("search", status="done")
-            best = max(done, key=lambda r: r.metrics.get(key, float("-inf")), default=None)
+            best = evolve.chosen_subnet(cfg, done) if done else None
             final, baseline = final_train(cfg, store, out, best)
             model = None
     shown = [s for s in cfg.steps if s in ("search", "final_train")]

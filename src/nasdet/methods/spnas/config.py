@@ -53,6 +53,7 @@ from nasdet.methods.spnas.space import SerialSpace
 from nasdet.search.constraints import Constraints
 from nasdet.search.executors import ExecutorSettings
 from nasdet.search.pareto import check_objectives, primary_metric
+from nasdet.search.selection import Selection
 
 STEP_NAMES = ("fine_tune", "serial", "reignition", "parallel", "fully_train")
 DETECTORS = {"FasterRCNN": "fasterrcnn", "RetinaNet": "retinanet", "FCOS": "fcos"}
@@ -141,6 +142,9 @@ class Step(Strict):
 class SearchSettings(ExecutorSettings):
     epochs: int = Field(2, ge=1, description="training epochs of each candidate")
     constraints: Constraints = Field(default_factory=Constraints)
+    selection: Selection = Field(
+        default_factory=Selection, description="how the winner is picked from the last front"
+    )
     base_width: int = Field(64, ge=8, description="SerialBackbone first-stage width")
     block: Literal["bottleneck", "basic", "resnext"] = "bottleneck"
     classification_data: Path | None = Field(

@@ -30,6 +30,7 @@ from nasdet.search.constraints import checker
 from nasdet.search.driver import add_root, clean_leftovers, run_search, write_step_outputs
 from nasdet.search.executors import Executor, Task
 from nasdet.search.records import Record, RecordStore
+from nasdet.search.selection import choose
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ def start_architecture(cfg: SpNasRunConfig) -> Model:
     return cfg.start_model()
 
 
-def _best(records: list[Record], metric: str) -> Record:
-    return max(records, key=lambda r: r.metrics.get(metric, float("-inf")))
+def winner(cfg: SpNasRunConfig, members: list[Record], objectives: list[str]) -> Record:
+    """The winner among the last step's members by ``search.selection`` (logged with why)."""
+    s = cfg.search
+    return choose(members, objectives, s.selection, s.constraints.given, "winner").record
 
 
 # ----------------------------------------------------------------------------- steps
@@ -316,31 +319,32 @@ def fully_train(
     out: Path,
     ex: Executor,
     members: list[Record],
+    objectives: list[str],
 ) -> Record:
-    """Train the winner (best mAP among the last step's Pareto members) for the full budget and
-    evaluate it on the validation split."""
-    winner = _best(members, cfg.primary_metric)
-    found = store.find("fully_train", winner.genotype)
+    """Train the winner (picked from the last step's Pareto members by ``search.selection``)
+    for the full budget and evaluate it on the validation split."""
+    best = winner(cfg, members, objectives)
+    found = store.find("fully_train", best.genotype)
     if found is not None and found.status == "done":
         return found
     step_dir = out / "output" / "fully_train"
-    arch = winner.extra["payload"]["architecture"]
+    arch = best.extra["payload"]["architecture"]
     config = base_config(cfg)
     config["data"]["search_fraction"] = 0.0  # train on all training images, score on val
     payload = {
         "config": config,
         "architecture": arch,
-        "parent_weights": winner.weights_path,
+        "parent_weights": best.weights_path,
         "epochs": step.trainer.epochs or cfg.search.fully_train_epochs or cfg.train.epochs,
     }
     return _run_single(
         store,
         "fully_train",
-        winner.genotype,
+        best.genotype,
         payload,
         step_dir / "model_0.pth",
         ex,
-        parent_id=winner.id,
+        parent_id=best.id,
         found=found,
     )
 
@@ -418,9 +422,9 @@ def run(cfg: SpNasRunConfig, out: Path) -> MethodResult:
             elif name == "parallel":
                 members = parallel(cfg, step, store, out, ex, members)
             else:
-                final = fully_train(cfg, step, store, out, ex, members)
+                final = fully_train(cfg, step, store, out, ex, members, objectives)
                 members = [final]
-    final = final or _best(members, cfg.primary_metric)
+    final = final or (winner(cfg, members, objectives) if members else None)
     start = next(iter(store.records("fine_tune", status="done")), None)
     return MethodResult(
         final=final,
