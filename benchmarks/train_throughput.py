@@ -3,7 +3,7 @@
 Both train the same detector (same initial weights) on the same batches of the bundled digits
 (same DataLoader settings), alternating rounds so machine noise hits both alike. nasdet's loop
 runs with everything it normally does on (gradient clipping, LR schedule, finite-loss check,
-TensorBoard scalars, tqdm). Target: ratio nasdet / bare >= 0.97.
+TensorBoard scalars, the progress bar). Target: ratio nasdet / bare >= 0.97.
 
     python benchmarks/train_throughput.py --out docs/benchmarks/train_throughput.md
 """

@@ -210,7 +210,7 @@ def test_a_failed_candidate_fails_the_step_loudly_and_is_evaluated_again_on_resu
 def test_one_progress_line_per_finished_candidate(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Off a terminal (no tqdm bar) the log says where the step stands, also after a resume."""
+    """Off a terminal (no live view) the log says where the step stands, also after a resume."""
     store = RecordStore(tmp_path / "records.sqlite")
     root = add_g1(store)
     kwargs = {

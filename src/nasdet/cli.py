@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from nasdet import __version__
 from nasdet.errors import NasdetError, TrainingDiverged, WorkFailed
+from nasdet.progress import MODE_ENV as PROGRESS_ENV
 
 log = logging.getLogger("nasdet")
 _FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
@@ -37,9 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     root_level = logging.getLogger().level
     handler = _log_to_file(args)
+    progress_env = os.environ.get(PROGRESS_ENV)
+    if args.progress:  # in the environment, so that worker processes (Ray) see it too
+        os.environ[PROGRESS_ENV] = args.progress
     try:
         return _run_command(args, handler.baseFilename if handler else None)
     finally:
+        if progress_env is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = progress_env
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             logging.getLogger().setLevel(root_level)
@@ -81,8 +90,6 @@ def _out_dir(args: argparse.Namespace) -> Path | None:
 def _log_to_file(args: argparse.Namespace) -> logging.FileHandler | None:
     """Log everything (DEBUG, tracebacks included) to ``<out>/nasdet.log`` (per rank under
     torchrun: ``nasdet.rank<N>.log`` for ranks other than 0)."""
-    import os
-
     out = _out_dir(args)
     if out is None:
         return None
@@ -113,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"nasdet {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument(
+        "--progress",
+        choices=["rich", "plain", "off"],
+        help="progress display: a live view, sparse log lines, or none (default: the live view "
+        "on a terminal, lines elsewhere; sets NASDET_PROGRESS)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train and evaluate the detector a config describes")

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from nasdet.data._publish import MANIFEST, publish, reusable
+from nasdet.progress import track
 
 __all__ = [
     "ALPHA_THRESHOLD",
@@ -205,7 +205,7 @@ def _write_detection_split(
     out: Path, split: str, count: int, pool: np.ndarray, size: int, seed: int, stream: int
 ) -> None:
     images, annotations = [], []
-    for i in tqdm(range(count), desc=f"digits {split}", disable=None, leave=False):
+    for i in track(range(count), f"digits {split}"):
         rng = np.random.default_rng([seed, stream, i])
         image, objects = _detection_image(rng, pool, size)
         file_name = f"{split}_{i:06d}.png"

@@ -32,6 +32,7 @@ from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
 from nasdet.data import collate
+from nasdet.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ def recalibrate_detector_bn(
         Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate
     )
     detector.to(device)
-    batches = ([img.to(device) for img in images] for images, _ in loader)
+    tracked = track(loader, "BN recalibration")
+    batches = ([img.to(device) for img in images] for images, _ in tracked)
     head = detector.head if isinstance(detector, RetinaNet | FCOS | SSD) else None
     return recalibrate_bn(detector, batches, stop_after=head)
 

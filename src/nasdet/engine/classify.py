@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 
 from nasdet.engine.train import make_scheduler
 from nasdet.errors import DataError
+from nasdet.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _train(
     for epoch in range(epochs):
         model.train()
         total = 0.0
-        for images, labels in loader:
+        for images, labels in track(loader, f"classification epoch {epoch + 1}/{epochs}"):
             if before_step is not None:
                 before_step(step)
             step += 1

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from nasdet.data import collate
 from nasdet.engine.bn import bn_batch_stats
 from nasdet.engine.coco_eval import detections_to_coco, evaluate_coco
+from nasdet.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def predict(
     outputs: list[dict[str, torch.Tensor]] = []
     image_ids: list[int] = []
     with bn_context:
-        for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=None):
+        for images, targets in track(loader, "evaluate"):
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 out = model([img.to(device) for img in images])
             outputs += [

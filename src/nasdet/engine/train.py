@@ -6,7 +6,7 @@
   ``(seed, e)``, and the global RNG state is checkpointed, so ``resume`` continues bit for bit;
 - a checkpoint (model, optimizer, scheduler, scaler, RNG, epoch, history) written atomically after
   every epoch; a NaN/inf loss stops training naming the step and the last good checkpoint;
-- tqdm progress with ETA, TensorBoard scalars, ``logging`` per epoch;
+- progress with ETA (:mod:`nasdet.progress`), TensorBoard scalars, ``logging`` per epoch;
 - an optional step hook that runs several forwards per optimizer step (the sandwich rule,
   in-place distillation): each forward's loss is backpropagated at once, then one step is taken;
 - data-parallel under ``torchrun`` (see :mod:`nasdet.engine.distributed`): when a process group
@@ -34,7 +34,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from nasdet.data import collate
 from nasdet.engine.distributed import barrier, current
@@ -43,6 +42,7 @@ from nasdet.engine.optim import make_scheduler as make_scheduler  # re-exported
 from nasdet.engine.optim import resolve_device as resolve_device  # re-exported
 from nasdet.errors import CheckpointError, TrainingDiverged
 from nasdet.models.io import atomic_save, read_weights
+from nasdet.progress import track
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -274,12 +274,7 @@ class Trainer:
             self.sampler.set_epoch(epoch)
         iters = len(self.loader)
         total, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(
-            self.loader,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            leave=False,
-            disable=None if self.dist.is_main else True,
-        )
+        bar = track(self.loader, f"epoch {epoch + 1}/{self.epochs}", enabled=self.dist.is_main)
         for i, (images, targets) in enumerate(bar):
             images = [img.to(self.device, non_blocking=True) for img in images]
             targets = [_to_device(t, self.device) for t in targets]

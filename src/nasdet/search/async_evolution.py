@@ -42,13 +42,11 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from tqdm.auto import tqdm
-
 from nasdet.errors import ConfigError
 from nasdet.search._async_proposals import SteadyState
 from nasdet.search.actors import ActorExecutor
 from nasdet.search.driver import record_failure, work_failed
-from nasdet.search.evolution import top_records
+from nasdet.search.evolution import best_score, top_records
 from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.predictor import AccuracyPredictor
 from nasdet.search.progress import CandidateProgress
@@ -218,17 +216,15 @@ def async_evolution_search(
     outcomes: list[Outcome] = []
     run = executor.run(score, tasks())
     done = store.count(step, status="done")
-    bar = tqdm(total=settings.max_evaluations, initial=done, desc=step, leave=False, disable=None)
     progress = CandidateProgress(step, settings.max_evaluations, done)
     try:
         for outcome in run:
             outcomes.append(outcome)
             if not _commit(store, step, outcome, settings.score_key):
                 failed.append(outcome.record_id)
-            bar.update()
-            progress.finished()
+            progress.finished(best_score(store, step, settings.score_key))
     finally:
-        bar.close()
+        progress.close()
         close = getattr(run, "close", None)
         if callable(close):  # stops the tasks still in flight after an error
             close()

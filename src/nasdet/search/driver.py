@@ -43,7 +43,7 @@ from nasdet.atomic import write_json_atomic
 from nasdet.errors import WorkFailed
 from nasdet.search.executors import Executor, Outcome, Task
 from nasdet.search.pareto import Objective, pareto_records, parse_objectives, write_pareto_csv
-from nasdet.search.progress import CandidateProgress
+from nasdet.search.progress import CandidateProgress, best_so_far, front_size
 from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def run_search(
         1 for r in store.records(step) if not is_root(r) and r.status in ("done", "failed")
     )
     progress = CandidateProgress(step, max_sample, finished)
-    for outcome in executor.run(evaluate, tasks()):
+    for outcome in progress.closing(executor.run(evaluate, tasks())):
         if outcome.ok:
             res = outcome.result
             rec = store.finish(
@@ -154,7 +154,8 @@ def run_search(
             )
         else:
             record_failure(store, step, outcome)
-        progress.finished()
+        records = store.records(step)
+        progress.finished(best_so_far(records, shown), front_size(records, shown))
     front = write_step_outputs(store, step, step_dir, objectives)
     failed = store.records(step, status="failed")
     if failed:

@@ -39,8 +39,6 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from tqdm.auto import tqdm
-
 from nasdet.errors import ConfigError
 from nasdet.search._evolution_proposals import (
     Candidate,
@@ -142,6 +140,13 @@ def top_records(
     best first; ties go to the older record, a missing or NaN score ranks last."""
     ranked = sorted(store.records(step, status="done"), key=lambda r: -score_of(r, score_key))
     return ranked if k is None else ranked[:k]
+
+
+def best_score(store: RecordStore, step: str, score_key: str) -> str | None:
+    """``"<score_key> <best value>"`` among the done records of ``step``; ``None`` before one."""
+    top = top_records(store, step, 1, score_key)
+    value = top[0].metrics.get(score_key) if top else None
+    return None if value is None else f"{score_key} {value:,.4g}"
 
 
 def evolution_search(
@@ -317,15 +322,13 @@ def _score_generation(
                 yield Task(rid, {**payload(cand.genotype), "genotype": cand.text})
 
     outcomes = executor.run(score, tasks())
-    bar = tqdm(total=len(todo), desc=f"{step} generation {gen}", leave=False, disable=None)
     progress = CandidateProgress(f"{step} generation {gen}", len(todo))
     try:
         for outcome in outcomes:
             _commit(store, step, outcome, score_key)
-            bar.update()
-            progress.finished()
+            progress.finished(best_score(store, step, score_key))
     finally:
-        bar.close()
+        progress.close()
         close = getattr(outcomes, "close", None)
         if callable(close):  # cancels tasks still in flight after an error
             close()

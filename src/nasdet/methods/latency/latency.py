@@ -30,6 +30,7 @@ from nasdet.cost.flops import count_flops
 from nasdet.cost.latency import measure_latency
 from nasdet.methods.latency.nets import LatencySupernet, space_body
 from nasdet.methods.latency.space import LatencyArch
+from nasdet.progress import Bar
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +145,22 @@ def build_table(
     body: LatencySupernet = space_body(detector)
     before = body.active_subnet()
     detector.eval()
+    bar = Bar(f"LUT {kind}@{resolution}", sum(len(b.variants) for b in body.blocks()) + 1)
     try:
         body.set_active_subnet(body.space.baseline)
         table: list[list[float]] = []
         for block, x in zip(body.blocks(), block_inputs(detector, resolution), strict=True):
-            row = [
-                0.0 if isinstance(v, nn.Identity) else _cost(v, x, kind, min_run_time)
-                for v in block.variants
-            ]
-            table.append(row)
+            table.append([])
+            for v in block.variants:
+                table[-1].append(
+                    0.0 if isinstance(v, nn.Identity) else _cost(v, x, kind, min_run_time)
+                )
+                bar.advance()
         net = Network(detector)
         total = _cost(net, torch.zeros(1, 3, resolution, resolution), kind, min_run_time)
+        bar.advance()
     finally:
+        bar.close()
         body.set_active_subnet(before)
     fixed = total - sum(row[0] for row in table)
     return LatencyTable(kind, resolution, fixed, table)

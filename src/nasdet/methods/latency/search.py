@@ -61,6 +61,7 @@ from nasdet.methods.latency.latency import LatencyTable
 from nasdet.methods.latency.nets import LatencySupernet, space_body
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.models.io import atomic_save, save_model
+from nasdet.progress import track
 from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def search_at(
             num_workers=cfg.data.num_workers,
         )
         _freeze(model)
-        for images, targets in loader:
+        for images, targets in track(loader, f"{step} epoch {epoch + 1}"):
             images = [i.to(device) for i in images]
             targets = [
                 {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}

@@ -24,6 +24,7 @@ from nasdet.cost.detector import backbone_body, model_input, random_image
 from nasdet.cost.flops import count_flops
 from nasdet.methods.ofa.config import Model
 from nasdet.methods.ofa.space import OFAGenotype
+from nasdet.progress import track
 from nasdet.search.supernet import supernet_spec
 
 KEYS = ("params", "flops", "backbone_params", "backbone_flops")
@@ -61,35 +62,35 @@ def measure_table(arch: Model, num_classes: int, input_size: int) -> CostTable:
     n = space.n_stages * space.max_depth
     blocks: dict[tuple[int, int, int], dict[str, int]] = {}
     fixed: dict[str, int] | None = None
-    for k in space.ks_choices:
-        for e in space.e_choices:
-            g = OFAGenotype(ks=(k,) * n, e=(e,) * n, d=(space.max_depth,) * space.n_stages)
-            sub = arch.model_copy(update={"backbone": spec.subnet(g)})
-            torch.manual_seed(0)
-            model = build_detector(sub, num_classes, load_weights=False).eval()
-            image = random_image((input_size, input_size))
-            whole = count_flops(model, [image])
-            body = backbone_body(model)
-            counted = count_flops(body, model_input(model, image))
-            totals = {
-                "params": count_params(model),
-                "flops": whole.flops,
-                "backbone_params": count_params(body),
-                "backbone_flops": counted.flops,
-            }
-            summed = dict.fromkeys(KEYS, 0)
-            for b in range(n):
-                name = f"blocks.{b + 1}"  # blocks.0 is the fixed first block
-                if b + 1 >= len(body.blocks):
-                    continue
-                flops = counted.by_module.get(name, 0)
-                params = count_params(body.blocks[b + 1])
-                part = {"params": params, "flops": flops,
-                        "backbone_params": params, "backbone_flops": flops}  # fmt: skip
-                blocks[(b, k, e)] = part
-                for key in KEYS:
-                    summed[key] += part[key]
-            if fixed is None:
-                fixed = {key: totals[key] - summed[key] for key in KEYS}
+    grid = [(k, e) for k in space.ks_choices for e in space.e_choices]
+    for k, e in track(grid, f"OFA cost table at {input_size}px"):
+        g = OFAGenotype(ks=(k,) * n, e=(e,) * n, d=(space.max_depth,) * space.n_stages)
+        sub = arch.model_copy(update={"backbone": spec.subnet(g)})
+        torch.manual_seed(0)
+        model = build_detector(sub, num_classes, load_weights=False).eval()
+        image = random_image((input_size, input_size))
+        whole = count_flops(model, [image])
+        body = backbone_body(model)
+        counted = count_flops(body, model_input(model, image))
+        totals = {
+            "params": count_params(model),
+            "flops": whole.flops,
+            "backbone_params": count_params(body),
+            "backbone_flops": counted.flops,
+        }
+        summed = dict.fromkeys(KEYS, 0)
+        for b in range(n):
+            name = f"blocks.{b + 1}"  # blocks.0 is the fixed first block
+            if b + 1 >= len(body.blocks):
+                continue
+            flops = counted.by_module.get(name, 0)
+            params = count_params(body.blocks[b + 1])
+            part = {"params": params, "flops": flops,
+                    "backbone_params": params, "backbone_flops": flops}  # fmt: skip
+            blocks[(b, k, e)] = part
+            for key in KEYS:
+                summed[key] += part[key]
+        if fixed is None:
+            fixed = {key: totals[key] - summed[key] for key in KEYS}
     assert fixed is not None
     return CostTable(fixed=fixed, blocks=blocks, input_size=input_size)
