@@ -15,6 +15,7 @@ the static subnet's section. :func:`export_subnet` uses only these, for every me
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from nasdet.build import build_detector
 from nasdet.config import ModelConfig, SupernetSpec
 from nasdet.models.io import load_state_dict_checked
+from nasdet.search.constraints import Constraints, cost_for
 
 BODY = "backbone.body."  # where a detector keeps its backbone body (torchvision's layout)
 
@@ -83,3 +85,38 @@ def export_subnet(
     state.update({prefix + k: v for k, v in static.state_dict().items()})
     load_state_dict_checked(model, state, f"supernet (subnet {genotype})")
     return model.eval(), sub_arch
+
+
+@dataclass
+class SubnetCost:
+    """The cost dict of a subnet's standalone detector (params and FLOPs of the detector and its
+    backbone, plus what the constraints need measured: latency, training memory), cached per
+    genotype string. A method subclasses it with :meth:`architecture`, the model section of the
+    subnet's standalone detector. ``input_size``/``batch_size``: the run's defaults when the
+    constraints set none."""
+
+    supernet: Any
+    num_classes: int
+    constraints: Constraints
+    input_size: int
+    batch_size: int
+    optimizer: str = "sgd"
+    _cache: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+
+    def architecture(self, genotype: Any) -> ModelConfig:
+        """The model section of ``genotype``'s standalone detector."""
+        raise NotImplementedError
+
+    def __call__(self, genotype: Any) -> dict[str, float]:
+        key = str(genotype)
+        if key not in self._cache:
+            arch = self.architecture(genotype)
+            model = build_detector(arch, self.num_classes, load_weights=False).eval()
+            self._cache[key] = cost_for(
+                model,
+                self.constraints,
+                input_size=self.input_size,
+                batch_size=self.batch_size,
+                optimizer=self.optimizer,  # type: ignore[arg-type]
+            )
+        return self._cache[key]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,13 @@ import torch
 from torch import nn
 
 from nasdet import build
-from nasdet.build import build_datasets, build_detector
+from nasdet.build import build_datasets
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.methods.detnas.config import Model, TrainConfig
 from nasdet.methods.detnas.space import ShuffleNetCode
-from nasdet.search.constraints import Constraints, cost_for
+from nasdet.search import supernet
 from nasdet.search.supernet import supernet_spec
 
 
@@ -85,32 +84,9 @@ def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics}
 
 
-@dataclass
-class SubnetCost:
-    """The cost dict of a subnet's standalone detector: params and FLOPs of the detector and its
-    backbone, plus what the constraints need measured (latency, training memory); cached per
-    genotype. ``input_size``/``batch_size``: the run's defaults when the constraints set none."""
+class SubnetCost(supernet.SubnetCost):
+    """The cost of a ShuffleNetV2 subnet's standalone detector (``supernet``: the run's model
+    section), cached per code."""
 
-    supernet: Model
-    num_classes: int
-    constraints: Constraints
-    input_size: int
-    batch_size: int
-    optimizer: str = "sgd"
-
-    def __post_init__(self) -> None:
-        self._cache: dict[str, dict[str, float]] = {}
-
-    def __call__(self, code: ShuffleNetCode) -> dict[str, float]:
-        key = str(code)
-        if key not in self._cache:
-            arch = subnet_architecture(self.supernet, code)
-            model = build_detector(arch, self.num_classes, load_weights=False).eval()
-            self._cache[key] = cost_for(
-                model,
-                self.constraints,
-                input_size=self.input_size,
-                batch_size=self.batch_size,
-                optimizer=self.optimizer,  # type: ignore[arg-type]
-            )
-        return self._cache[key]
+    def architecture(self, genotype: ShuffleNetCode) -> Model:
+        return subnet_architecture(self.supernet, genotype)

@@ -10,7 +10,7 @@ first, so each score depends on its genotype alone) and it is evaluated on the s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,15 @@ import torch
 from torch import nn
 
 from nasdet import build
-from nasdet.build import build_datasets, build_detector
+from nasdet.build import build_datasets
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.methods.ofa.config import Model, TrainConfig
 from nasdet.methods.ofa.cost_table import CostTable, measure_table
 from nasdet.methods.ofa.space import OFAGenotype
-from nasdet.search.constraints import Constraints, cost_for, needs
+from nasdet.search import supernet
+from nasdet.search.constraints import needs
 from nasdet.search.supernet import supernet_spec
 
 
@@ -100,36 +101,20 @@ def payload_for(supernet: Path, config: dict[str, Any], bn_mode: str, samples: i
 
 
 @dataclass
-class SubnetCost:
-    """The cost dict of a subnet's standalone detector (params and FLOPs of the detector and its
-    backbone, plus what the constraints need measured) at ``input_size``; cached per genotype.
-    When the constraints need no measurement (latency, memory), from the
+class SubnetCost(supernet.SubnetCost):
+    """The cost of an OFA subnet's standalone detector (``supernet``: the run's model section),
+    cached per genotype. When the constraints need no measurement (latency, memory), from the
     :class:`~nasdet.methods.ofa.cost_table.CostTable` (measured once, the same numbers)."""
 
-    supernet: Model
-    num_classes: int
-    constraints: Constraints
-    input_size: int
-    batch_size: int
-    optimizer: str = "sgd"
-    _cache: dict[str, dict[str, float]] = field(default_factory=dict)
     _table: CostTable | None = None
 
+    def architecture(self, genotype: OFAGenotype) -> Model:
+        return subnet_architecture(self.supernet, genotype)
+
     def __call__(self, genotype: OFAGenotype) -> dict[str, float]:
-        key = str(genotype.canonical())
-        size = self.constraints.input_size or self.input_size
-        if not needs(self.constraints):  # params and FLOPs only: the cost table's sums
-            if self._table is None:
-                self._table = measure_table(self.supernet, self.num_classes, size)
-            return self._table(genotype)
-        if key not in self._cache:
-            arch = subnet_architecture(self.supernet, genotype)
-            model = build_detector(arch, self.num_classes, load_weights=False).eval()
-            self._cache[key] = cost_for(
-                model,
-                self.constraints,
-                input_size=self.input_size,
-                batch_size=self.batch_size,
-                optimizer=self.optimizer,  # type: ignore[arg-type]
-            )
-        return self._cache[key]
+        if needs(self.constraints):
+            return super().__call__(genotype.canonical())
+        if self._table is None:  # params and FLOPs only: the cost table's sums
+            size = self.constraints.input_size or self.input_size
+            self._table = measure_table(self.supernet, self.num_classes, size)
+        return self._table(genotype)
