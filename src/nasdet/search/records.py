@@ -436,14 +436,17 @@ def commit_result(
     step: str,
     genotype: str,
     metrics: Mapping[str, Any],
-    weights: str | Path,
+    weights: str | Path | None = None,
     **finish: Any,
 ) -> Record:
-    """Record a step's one result for ``genotype`` as done (adding the record, with
-    ``finish.pop("extra")``, if it is not there yet) and return it; ``finish`` goes to
-    :meth:`RecordStore.finish` (``cost``...)."""
-    rec = store.find(step, genotype) or store.add(step, genotype, extra=finish.pop("extra", None))
+    """Record a step's one result for ``genotype`` as done and return it: the record is added
+    (with ``finish["extra"]``) if it is not there yet, and returned unchanged if it is already
+    done; ``finish`` goes to :meth:`RecordStore.finish` (``cost``, ``extra``...)."""
+    rec = store.add(step, genotype, extra=finish.get("extra"), exist_ok=True)
+    if rec.status == "done":
+        return rec
     if rec.status != "running":
         store.reset_running(step)
         store.claim(rec.id)
-    return store.finish(rec.id, dict(metrics), weights_path=str(weights), **finish)
+    path = None if weights is None else str(weights)
+    return store.finish(rec.id, dict(metrics), weights_path=path, **finish)

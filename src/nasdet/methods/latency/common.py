@@ -1,10 +1,9 @@
 """What the latency method's steps share: the space's model section, the space detector made
-from a baseline model file, the input resolution, the LUT cache and record commits."""
+from a baseline model file, the input resolution and the LUT cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -16,7 +15,6 @@ from nasdet.methods.latency.nets import to_space_detector
 from nasdet.methods.latency.parts import space_spec
 from nasdet.models.io import load_state_dict_checked, read_model_file
 from nasdet.models.yolov3 import YOLOv3
-from nasdet.search.records import Record, RecordStore
 
 
 def space_model(cfg: LatencyRunConfig) -> Model:
@@ -67,28 +65,3 @@ def lut(cfg: LatencyRunConfig, out: Path, detector: nn.Module, resolution: int) 
     path = out / "output" / "lut.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     return cached_table(path, detector, resolution, cfg.latency)
-
-
-def done(store: RecordStore, step: str, genotype: str) -> Record | None:
-    found = store.find(step, genotype)
-    return found if found is not None and found.status == "done" else None
-
-
-def commit(
-    store: RecordStore,
-    step: str,
-    genotype: str,
-    metrics: dict[str, float],
-    *,
-    weights: Path | None = None,
-    cost: dict[str, float] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Record:
-    """Store one evaluated candidate as ``done`` (one committed transaction per transition)."""
-    rec = store.add(step, genotype, extra=extra, exist_ok=True)
-    if rec.status == "done":
-        return rec
-    if rec.status != "running":
-        store.reset_running(step)
-        store.claim(rec.id)
-    return store.finish(rec.id, metrics, weights_path=weights, cost=cost, extra=extra)

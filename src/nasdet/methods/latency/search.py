@@ -48,8 +48,6 @@ from nasdet.data import collate
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.methods.latency.common import (
-    commit,
-    done,
     load_space,
     lut,
     resolutions,
@@ -62,7 +60,7 @@ from nasdet.methods.latency.nets import LatencySupernet, space_body
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.models.io import atomic_save, save_model
 from nasdet.progress import track
-from nasdet.search.records import Record, RecordStore
+from nasdet.search.records import Record, RecordStore, commit_result, done_record
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +89,7 @@ class _Scorer:
 
     def __call__(self, arch: LatencyArch, role: str) -> Record:
         name = genotype_of(arch, self.table.resolution)
-        found = done(self.store, self.step, name)
+        found = done_record(self.store, self.step, name)
         if found is not None:
             return found
         body: LatencySupernet = space_body(self.model)
@@ -117,7 +115,7 @@ class _Scorer:
             key,
             metrics[key],
         )
-        return commit(
+        return commit_result(
             self.store,
             self.step,
             name,

@@ -30,8 +30,6 @@ from nasdet.build import build_datasets, build_detector, make_trainer, num_class
 from nasdet.errors import ConfigError
 from nasdet.method import MethodResult
 from nasdet.methods.latency.common import (
-    commit,
-    done,
     load_space,
     lut,
     resolutions,
@@ -47,7 +45,7 @@ from nasdet.methods.latency.search import SearchOutcome, genotype_of, search
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.methods.latency.teacher import BaselineDistill
 from nasdet.models.io import atomic_save, load_state_dict_checked, read_model_file, save_model
-from nasdet.search.records import Record, RecordStore
+from nasdet.search.records import Record, RecordStore, commit_result, done_record
 from nasdet.search.supernet import export_subnet
 from nasdet.training import config_fingerprint, train_step
 
@@ -86,7 +84,7 @@ def check_target(cfg: LatencyRunConfig, out: Path) -> None:
 
 def baseline(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
     """Step ``baseline``: train ``model`` with ``train``; its record (model file)."""
-    found = done(store, "baseline", "baseline")
+    found = done_record(store, "baseline", "baseline")
     if found is not None:
         return found
     run_dir = out / "output" / "baseline"
@@ -100,7 +98,7 @@ def baseline(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
         "latency_lut": lut(cfg, out, detector, cfg.model.min_size).baseline,
         "params": float(result.params),
     }
-    return commit(
+    return commit_result(
         store,
         "baseline",
         "baseline",
@@ -123,7 +121,7 @@ def pretrain(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Path:
     assert pc is not None
     step_dir = out / "output" / step
     dest = step_dir / "search_space.pt"
-    if done(store, step, SPACE) and dest.is_file():
+    if done_record(store, step, SPACE) and dest.is_file():
         return dest
     ckpt = pc.baseline_ckpt or out / "output" / "baseline" / "model.pt"
     if not Path(ckpt).is_file():
@@ -171,7 +169,7 @@ def pretrain(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Path:
         meta={"epochs": train.epochs, "history": history, "baseline_ckpt": str(ckpt)},
     )
     loss = float(history[-1]["loss"]) if history else math.nan
-    commit(store, step, SPACE, {"train_loss": loss}, weights=dest)
+    commit_result(store, step, SPACE, {"train_loss": loss}, weights=dest)
     return dest
 
 
@@ -238,7 +236,7 @@ def tune(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
     """Step ``tune``: train the searched net with ``train`` (the baseline's setup)."""
     arch, res, space_path = tune_start(cfg, out)
     name = genotype_of(arch, res)
-    found = done(store, "tune", name)
+    found = done_record(store, "tune", name)
     if found is not None:
         return found
     run_dir = out / "output" / "tune"
@@ -264,7 +262,7 @@ def tune(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
     table = lut(cfg, out, detector, res)
     cost = {"latency_lut": table.predict(arch), "params": float(result.params)}
     log.info("tune: arch %s at %d px: %s", arch.to_list(), res, result.metrics)
-    return commit(
+    return commit_result(
         store,
         "tune",
         name,
@@ -318,7 +316,7 @@ def run(cfg: LatencyRunConfig, out: Path) -> MethodResult:
         cfg,
         store,
         out,
-        base=base or done(store, "baseline", "baseline"),
+        base=base or done_record(store, "baseline", "baseline"),
         tuned=final if final is not None and final.step == "tune" else None,
         chosen=outcome.record if outcome is not None else None,
     )
