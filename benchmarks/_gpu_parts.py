@@ -213,29 +213,34 @@ def is_oom(error: BaseException) -> bool:
 def largest_batch(
     make_step: Callable[[int], Callable[[int], None]], start: int, cap: int,
     device: torch.device,
-) -> int:
-    """The largest batch, doubling from ``start`` up to ``cap``, whose two training steps fit
-    (the second holds the optimizer state too); 0 when even ``start`` does not fit."""
-    fits, batch = 0, start
+) -> tuple[int, str]:
+    """The largest batch, doubling from ``start`` up to ``cap``, whose two training steps run
+    (the second holds the optimizer state too), and what stopped the search (``""``: the cap).
+
+    Out of memory stops it (0 when even ``start`` does not fit). Another ``RuntimeError`` at a
+    batch that is not ``start`` stops it too (cuDNN may report a failed allocation as an
+    internal error), named in the reason; at ``start`` it propagates, as any other error does.
+    """
+    fits, batch, reason = 0, start, ""
     while batch <= cap:
-        oom = False
         try:
             step = make_step(batch)
             step(0)
             step(1)
             synchronize(device)
             fits = batch
-        except Exception as e:  # noqa: BLE001 -- only OOM ends the search; others propagate
-            if not is_oom(e):
+        except Exception as e:  # noqa: BLE001 -- only a failure to fit ends the search
+            if not (is_oom(e) or (isinstance(e, RuntimeError) and batch > start)):
                 raise
-            oom = True
+            first = str(e).splitlines()[0] if str(e) else ""
+            reason = f"batch {batch}: {type(e).__name__}: {first[:160]}"
         finally:
             step = None  # noqa: F841 -- drop the closure (its batch and optimizer)
-        release(device, collect=oom)  # a traceback's frames hold the failed step's tensors
-        if oom:
+        release(device, collect=bool(reason))  # a traceback's frames hold the step's tensors
+        if reason:
             break
         batch *= 2
-    return fits
+    return fits, reason
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import tempfile
@@ -77,9 +78,9 @@ class Settings:
     tests: bool = True
 
 
-DRY = Settings(size=64, batch=2, paths=2, warmup=0, min_steps=1, seconds=0.0, latency_s=0.01,
-               score_s=0.0, calibrate_images=2, score_images=2, score_batch=2,
-               min_candidates=1, trainer_steps=2, tests=False)
+DRY = Settings(size=64, start_batch=2, max_batch=2, max_backbone_batch=2, paths=2, warmup=0,
+               min_steps=1, seconds=0.0, latency_s=0.01, score_s=0.0, calibrate_images=2,
+               score_images=2, score_batch=2, min_candidates=1, trainer_steps=2, tests=False)
 
 
 class Clock:
@@ -125,7 +126,7 @@ class Bench:
             return parts.detector_step(model, paths, batch, s.size, precision, dev)
 
         batch = s.batch or self.attempt(f"{bench.name} batch search", 60, self.search,
-                                        detector, s.start_batch, s.max_batch)
+                                        bench.title, detector, s.start_batch, s.max_batch)
         if batch:
             self.throughput("train", bench.title, detector, paths, batch)
         body = parts.backbone_of(model)
@@ -134,8 +135,8 @@ class Bench:
             return parts.backbone_step(body, paths, b, s.size, precision, dev)
 
         body_batch = s.batch or (batch and self.attempt(
-            f"{bench.name} backbone batch search", 30, self.search, backbone, batch,
-            s.max_backbone_batch))
+            f"{bench.name} backbone batch search", 30, self.search, f"{bench.title} backbone",
+            backbone, batch, s.max_backbone_batch))
         if body_batch:
             self.throughput("backbone", bench.title, backbone, paths, body_batch)
         paths.apply(0)
@@ -145,14 +146,16 @@ class Bench:
                          bench.title, model, image, precision)
         return batch or None
 
-    def search(self, make: Any, start: int, cap: int) -> int:
+    def search(self, what: str, make: Any, start: int, cap: int) -> int:
         torch.backends.cudnn.benchmark = False  # no autotuning per probed batch size
         try:
-            batch = parts.largest_batch(make, start, cap, self.device)
+            batch, reason = parts.largest_batch(make, start, cap, self.device)
         finally:
             torch.backends.cudnn.benchmark = self.device.type == "cuda"
         if batch == 0:
-            raise RuntimeError(f"batch {start} does not fit in memory")
+            raise RuntimeError(f"batch {start} does not fit ({reason})")
+        self.report.notes.append(f"{what}: batch {batch}, " + (
+            f"the search stopped at {reason}" if reason else f"the cap ({cap})"))
         return batch
 
     def throughput(self, table: str, title: str, make: Any, paths: parts.Paths,
@@ -250,14 +253,18 @@ def header(device: torch.device, peak: float | None, peak_source: str, s: Settin
         *[f"{line}  " for line in device_lines(device)],
         peak_line,
         "",
-        "Batch: the largest that fits for two fp32 training steps, doubling from "
-        f"{s.start_batch} up to {s.max_batch} (backbone alone: from the detector's batch up to "
-        f"{s.max_backbone_batch}), used for all three precisions. bf16 = AMP autocast to "
+        (f"Batch: {s.batch}, for all three precisions" if s.batch else
+         "Batch: the largest that fits for two fp32 training steps, doubling from "
+         f"{s.start_batch} up to {s.max_batch} (backbone alone: from the detector's batch up "
+         f"to {s.max_backbone_batch}), used for all three precisions")
+        + ". bf16 = AMP autocast to "
         "bfloat16; +cl = channels_last weights and inputs. A supernet trains one path per step, "
         f"cycling {s.paths} sampled paths; its FLOPs are their mean. FLOPs are "
-        "FlopCounterMode's (2 per multiply-add; convolutions and matrix products) of one "
-        "image's forward+backward; TFLOP/s = FLOPs x images/s. Target: >= 40 % of the bf16 "
-        "peak on the backbone's forward+backward.",
+        "FlopCounterMode's (2 per multiply-add; convolutions and matrix products; each "
+        "convolution gradient counted as one forward convolution, as torch's backward formula "
+        "ignores groups) of one image's forward+backward; TFLOP/s = FLOPs x images/s. Target: "
+        ">= 40 % of the bf16 peak on the backbone's forward+backward. Weights are random: the "
+        "number of boxes reaching NMS (latency, scoring) is not a trained model's.",
     ]
 
 
@@ -270,12 +277,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="the models to measure (default all)")
     p.add_argument("--budget", type=float, default=420.0,
                    help="seconds for all measurements (default 420: under 8 min in all)")
-    p.add_argument("--max-batch", type=int, default=Settings.max_batch)
+    p.add_argument("--max-batch", type=int, default=Settings.max_batch,
+                   help="cap of the batch search (default %(default)s)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="one batch for every model and backbone: no batch search (a quicker "
+                        "rerun)")
     p.add_argument("--peak-tflops", type=float, help="the device's bf16 dense peak, TFLOP/s")
     p.add_argument("--out", type=Path,
                    help=f"markdown to write (default {DEFAULT_OUT.relative_to(ROOT)}; none in "
                         "a dry run)")
-    args = p.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(given)
     out = args.out or (None if args.dry_run else DEFAULT_OUT)
     if args.dry_run and out is not None and out.resolve() == DEFAULT_OUT.resolve():
         print(f"gpu.py: --dry-run would overwrite {DEFAULT_OUT} — give another --out path",
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu.py: --device {args.device} but CUDA is not available — use --device cpu "
               "--dry-run to check the script here", file=sys.stderr)
         return 2
-    s = DRY if args.dry_run else Settings(max_batch=args.max_batch)
+    s = DRY if args.dry_run else Settings(max_batch=args.max_batch, batch=args.batch)
     name = device_name(device)
     peak = args.peak_tflops or (bf16_peak_tflops(name) if device.type == "cuda" else None)
     source = "--peak-tflops" if args.peak_tflops else f"data sheet figure for '{name}'"
@@ -299,12 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         report.partial = f"interrupted after {time.perf_counter() - start:.0f} s"
     finally:
         signal.signal(signal.SIGTERM, previous)
-        command = "python benchmarks/gpu.py" + (f" --device {args.device}" if args.device !=
-                                                "cuda" else "") + (" --dry-run" if
-                                                                   args.dry_run else "")
+        command = shlex.join(["python", "benchmarks/gpu.py", *given])
         text = report.render([
             f"Wall time: {time.perf_counter() - start:.0f} s.  ",
-            f"Command: `{command} --out {out or '...'}`  ",
+            f"Command: `{command}`  ",
             f"Machine: {machine_line()}",
         ])
         print(text)

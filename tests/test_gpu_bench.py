@@ -53,8 +53,11 @@ def test_dry_run_measures_every_table(gpu, tmp_path: Path) -> None:
     assert score[0].startswith("DetNAS") and float(score[1]) > 0
     (trainer,) = rows(text, "nasdet's Trainer")
     assert float(trainer[2]) > 0 and trainer[3] == rows(text, "Training throughput")[2][3]
+    assert "- FCOS ResNet-18 (baseline): batch 2, the cap (2)" in text  # the batch search ran
+    assert "- DetNAS supernet, FCOS (single path) backbone: batch 2, the cap (2)" in text
     assert "tests/test_cost.py::test_measure_latency_cuda_moves_back" in text
     assert "not run (dry run)" in text
+    assert f"Command: `python benchmarks/gpu.py {' '.join(argv)}`" in text
     assert (docs.read_bytes() if docs.is_file() else None) == before
 
 
@@ -102,17 +105,30 @@ def test_largest_batch_doubles_until_out_of_memory(monkeypatch) -> None:
         return step
 
     cpu = torch.device("cpu")
-    assert parts.largest_batch(make, 2, 64, cpu) == 8 and tried == [2, 4, 8, 16]
-    assert parts.largest_batch(make, 16, 64, cpu) == 0
-    assert parts.largest_batch(make, 1, 4, cpu) == 4  # capped
+    fits, reason = parts.largest_batch(make, 2, 64, cpu)
+    assert fits == 8 and tried == [2, 4, 8, 16]
+    assert reason.startswith("batch 16: OutOfMemoryError: CUDA out of memory")
+    assert parts.largest_batch(make, 16, 64, cpu)[0] == 0
+    assert parts.largest_batch(make, 1, 4, cpu) == (4, "")  # capped
 
-    def broken(batch: int):
+    def cudnn(batch: int):
         def step(i: int) -> None:
-            raise RuntimeError("Expected all tensors to be on the same device")
+            if batch > 4:  # how cuDNN may report a failed workspace allocation
+                raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+            if batch == 1:
+                raise RuntimeError("Expected all tensors to be on the same device")
 
         return step
 
-    with pytest.raises(RuntimeError, match="same device"):
+    assert parts.largest_batch(cudnn, 2, 64, cpu) == (
+        4, "batch 8: RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+    with pytest.raises(RuntimeError, match="same device"):  # at the first batch: a real error
+        parts.largest_batch(cudnn, 1, 64, cpu)
+    with pytest.raises(ValueError, match="bad"):
+
+        def broken(batch: int):
+            raise ValueError("bad")
+
         parts.largest_batch(broken, 2, 64, cpu)
 
 
