@@ -106,15 +106,17 @@ class Bench:
         if not self.clock.allows(need_s):
             self.report.notes.append(f"{what}: skipped, the time budget was spent")
             return None
+        failed = False
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 -- recorded loudly, the other measurements go on
             log.exception("%s failed", what)
             first = str(e).splitlines()[0] if str(e) else ""
             self.report.failures.append(f"{what}: {type(e).__name__}: {first}")
+            failed = True
             return None
-        finally:
-            parts.release(self.device)
+        finally:  # a failure's traceback holds its frames' tensors until collected
+            parts.release(self.device, collect=failed)
 
     def model(self, bench: parts.Bench) -> int | None:
         """Throughput (detector and backbone) and latency of one model; returns the batch."""
