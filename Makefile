@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nasdet-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/detnas_digits.py --out docs/benchmarks/detnas.md
 	$(BIN)/python benchmarks/ofa_digits.py --out docs/benchmarks/ofa.md
 	$(BIN)/python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
+	$(BIN)/python benchmarks/collect.py
+
+## bench-gpu: regenerate docs/benchmarks/gpu.md on a machine with one CUDA device (under 8 minutes
+## on an H100/H200), then docs/benchmarks.md
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py --out docs/benchmarks/gpu.md
 	$(BIN)/python benchmarks/collect.py
 
 clean:

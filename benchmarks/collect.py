@@ -26,11 +26,13 @@ SECTIONS = [
     ("DetNAS on the bundled digits", "detnas.md"),
     ("OFA on the bundled digits", "ofa.md"),
     ("Latency-constrained search (ENOT's flow) on the bundled digits", "latency.md"),
+    ("GPU: training throughput, FLOP/s, latency and scoring on one device", "gpu.md"),
 ]
 HEADER = """# Benchmarks
 
 Every table below was produced by the command under it, on the machine it names; `make bench`
-reruns them all but the `make demo` timing (about 4 hours on 2 cores). Targets are stated with
+reruns them all but the `make demo` timing and the GPU section (about 4 hours on 2 cores);
+`make bench-gpu` reruns the GPU section on a machine with one CUDA device. Targets are stated with
 each table. Nothing here is a unit test: speed and quality targets are measured here, not
 asserted in `tests/`. The text after each section's Command/Machine lines is a hand-written
 reading of the numbers (`docs/benchmarks/<name>.notes.md`), kept when the numbers are remeasured.
