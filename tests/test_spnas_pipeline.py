@@ -62,8 +62,8 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
     return path
 
 
-def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path) -> None:
-    path = _write(tmp_path, spnas_config(digits_root, cls_root))
+def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path, spnas_config(digits_root, cls_root, fully_train_baseline=True))
     out = tmp_path / "run"
     assert main(["-q", "run", str(path), "--out", str(out)]) == 0
     store = RecordStore(out / "records.sqlite")
@@ -91,6 +91,21 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
     chain = lineage(store, result["record"])
     assert chain[0].step == "fine_tune" and chain[-1].step == "fully_train"
     assert {"serial", "parallel"} <= {r.step for r in chain}
+    # fully_train_baseline: the start trained from its fine_tune weights for the winner's
+    # detection epochs since fine_tune (1 per trained serial / parallel candidate on its
+    # lineage) plus fully_train's 1; it is the baseline of result.json and of the verdict
+    start = store.records("fine_tune", status="done")[0]
+    if result["winner"] != start.genotype:
+        searched = [r for r in chain if r.step in ("serial", "parallel") and not is_root(r)]
+        base = next(r for r in store.records("fully_train") if r.genotype == start.genotype)
+        assert base.status == "done" and base.parent_id == start.id
+        assert base.extra["payload"]["epochs"] == 1 + len(searched)
+        assert base.extra["payload"]["parent_weights"] == start.weights_path
+        assert result["baseline"]["genotype"] == start.genotype
+        assert "winner's budget" in result["baseline_note"]
+        assert "verdict: " in capsys.readouterr().out
+    else:  # the search kept the start: nothing to compare it with
+        assert [r.genotype for r in store.records("fully_train")] == [start.genotype]
     final = nasdet.load_model(result["model"])
     assert final.categories == [str(d) for d in range(10)]
     html = (out / "report.html").read_text()

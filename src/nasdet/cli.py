@@ -326,6 +326,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"winner {rec.genotype} ({rec.cost.get('params', 0):,.0f} parameters)",
         {k: rec.metrics[k] for k in dict.fromkeys(shown) if k in rec.metrics},
     )
+    base = result.baseline
+    if base is not None and base.id != rec.id:
+        from nasdet.report.verdict import verdict
+
+        _print_metrics(
+            f"baseline {base.genotype} ({base.cost.get('params', 0):,.0f} parameters)",
+            {k: base.metrics[k] for k in dict.fromkeys(shown) if k in base.metrics},
+        )
+        if result.baseline_note:
+            print(f"baseline: {result.baseline_note}")
+        key = result.primary_metric
+        print("verdict: " + verdict(rec.metrics, rec.cost, base.metrics, base.cost, key))
     print(f"model:   {result.model}")
     print(f"report:  {result.report}")
     print(f"records: {out / 'records.sqlite'}   (rerun the same command to resume)")

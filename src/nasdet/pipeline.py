@@ -54,6 +54,9 @@ class RunResult:
     final: Record | None
     report: Path | None
     model: Path | None
+    baseline: Record | None = None
+    baseline_note: str = ""
+    primary_metric: str = "mAP"
 
 
 def run_pipeline(cfg: Any, out_dir: str | Path, *, restart_from: str | None = None) -> RunResult:
@@ -191,4 +194,12 @@ def _finish(out: Path, result: MethodResult, report: Path, *, title: str) -> Run
             "sections": sections_to_json(result.sections),
         },
     )
-    return RunResult(out, final, report, model)
+    return RunResult(
+        out,
+        final,
+        report,
+        model,
+        baseline=result.baseline,
+        baseline_note=result.baseline_note,
+        primary_metric=primary_metric(result.objectives),
+    )

@@ -153,6 +153,12 @@ class SearchSettings(ExecutorSettings):
     reignition_epochs: int = Field(3, ge=1)
     max_reignite: int = Field(2, ge=0, le=2, description="SP-NAS reignites at most twice")
     fully_train_epochs: int | None = Field(None, ge=1, description="default: train.epochs")
+    fully_train_baseline: bool = Field(
+        False,
+        description="fully_train also trains the start with the winner's detection budget "
+        "(its search epochs since fine_tune plus the fully_train epochs), for an equal-budget "
+        "verdict",
+    )
 
 
 BACKBONES = (SerialBackboneSpec,)

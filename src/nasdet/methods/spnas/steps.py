@@ -27,7 +27,13 @@ from nasdet.methods.spnas.proposers import ParallelProposer, SerialProposer
 from nasdet.methods.spnas.space import SerialCode, SerialSpace
 from nasdet.models.io import save_model
 from nasdet.search.constraints import checker
-from nasdet.search.driver import add_root, clean_leftovers, run_search, write_step_outputs
+from nasdet.search.driver import (
+    add_root,
+    clean_leftovers,
+    is_root,
+    run_search,
+    write_step_outputs,
+)
 from nasdet.search.executors import Executor, Task
 from nasdet.search.records import Record, RecordStore
 from nasdet.search.selection import choose
@@ -320,31 +326,66 @@ def fully_train(
     ex: Executor,
     members: list[Record],
     objectives: list[str],
-) -> Record:
+) -> tuple[Record, Record | None]:
     """Train the winner (picked from the last step's Pareto members by ``search.selection``)
-    for the full budget and evaluate it on the validation split."""
+    for the full budget and evaluate it on the validation split. With
+    ``search.fully_train_baseline``, also train the start architecture from its fine_tune
+    weights with the winner's detection budget since fine_tune (see :func:`search_epochs`).
+    Returns (winner, start trained alike or ``None``)."""
     best = winner(cfg, members, objectives)
-    found = store.find("fully_train", best.genotype)
+    epochs = step.trainer.epochs or cfg.search.fully_train_epochs or cfg.train.epochs
+    trained = _fully_train_one(cfg, store, out, ex, best, epochs, "model_0.pth")
+    start = next(iter(store.records("fine_tune", status="done")), None)
+    if not cfg.search.fully_train_baseline or start is None or start.genotype == best.genotype:
+        return trained, None
+    budget = epochs + search_epochs(store, best)
+    return trained, _fully_train_one(cfg, store, out, ex, start, budget, "baseline.pth")
+
+
+def search_epochs(store: RecordStore, rec: Record) -> int:
+    """The detection epochs ``rec``'s weights had since fine_tune: the ``epochs`` of each
+    serial / parallel candidate on its lineage (a step's roots were not trained in it;
+    reignition trains on classification; fine_tune is the start's own)."""
+    total = 0
+    seen: set[int] = set()
+    current: Record | None = rec
+    while current is not None and current.id not in seen and current.step != "fine_tune":
+        seen.add(current.id)
+        if current.step in ("serial", "parallel") and not is_root(current):
+            total += int(current.extra.get("payload", {}).get("epochs") or 0)
+        current = store.get(current.parent_id) if current.parent_id is not None else None
+    return total
+
+
+def _fully_train_one(
+    cfg: SpNasRunConfig,
+    store: RecordStore,
+    out: Path,
+    ex: Executor,
+    rec: Record,
+    epochs: int,
+    filename: str,
+) -> Record:
+    found = store.find("fully_train", rec.genotype)
     if found is not None and found.status == "done":
         return found
     step_dir = out / "output" / "fully_train"
-    arch = best.extra["payload"]["architecture"]
     config = base_config(cfg)
     config["data"]["search_fraction"] = 0.0  # train on all training images, score on val
     payload = {
         "config": config,
-        "architecture": arch,
-        "parent_weights": best.weights_path,
-        "epochs": step.trainer.epochs or cfg.search.fully_train_epochs or cfg.train.epochs,
+        "architecture": rec.extra["payload"]["architecture"],
+        "parent_weights": rec.weights_path,
+        "epochs": epochs,
     }
     return _run_single(
         store,
         "fully_train",
-        best.genotype,
+        rec.genotype,
         payload,
-        step_dir / "model_0.pth",
+        step_dir / filename,
         ex,
-        parent_id=best.id,
+        parent_id=rec.id,
         found=found,
     )
 
@@ -399,6 +440,7 @@ def run(cfg: SpNasRunConfig, out: Path) -> MethodResult:
     objectives = _objectives(cfg)
     members: list[Record] = []
     final = None
+    equal: Record | None = None  # the start trained with the winner's budget
     with ex:
         for name in cfg.steps:
             step = getattr(cfg, name)
@@ -422,14 +464,24 @@ def run(cfg: SpNasRunConfig, out: Path) -> MethodResult:
             elif name == "parallel":
                 members = parallel(cfg, step, store, out, ex, members)
             else:
-                final = fully_train(cfg, step, store, out, ex, members, objectives)
+                final, equal = fully_train(cfg, step, store, out, ex, members, objectives)
                 members = [final]
     final = final or (winner(cfg, members, objectives) if members else None)
     start = next(iter(store.records("fine_tune", status="done")), None)
+    baseline, note = start, _baseline_note(cfg, start)
+    if equal is not None:
+        baseline, note = (
+            equal,
+            (
+                f"the start {equal.genotype} trained with the winner's budget: "
+                f"{equal.extra['payload']['epochs']} detection epochs from its fine_tune weights "
+                "(the winner's search epochs since fine_tune plus fully_train's), scored on val"
+            ),
+        )
     return MethodResult(
         final=final,
-        baseline=start,
-        baseline_note=_baseline_note(cfg, start),
+        baseline=baseline,
+        baseline_note=note,
         report_steps=cfg.steps,
         objectives=objectives,
     )
