@@ -48,7 +48,7 @@ from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
 # what an evaluate function may return besides metrics, cost and weights_path, kept in extra
-RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds")
+RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds", "history")
 
 
 @dataclass(frozen=True)
