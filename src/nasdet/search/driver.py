@@ -42,6 +42,7 @@ from typing import Any
 from nasdet.atomic import write_json_atomic
 from nasdet.errors import WorkFailed
 from nasdet.search.executors import Executor, Outcome, Task
+from nasdet.search.hparams import log_candidate
 from nasdet.search.pareto import Objective, pareto_records, parse_objectives, write_pareto_csv
 from nasdet.search.progress import CandidateProgress
 from nasdet.search.records import Record, RecordStore
@@ -145,6 +146,7 @@ def run_search(
                 cost=res.get("cost"),
                 extra={k: res[k] for k in RESULT_EXTRAS if k in res},
             )
+            log_candidate(step_dir / "tensorboard", rec)  # curves and its HParams entry
             log.info(
                 "%s #%d %s done: %s",
                 step,
