@@ -7,7 +7,6 @@ renders; record text is escaped here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
@@ -91,12 +90,14 @@ def _span(rec: Record) -> tuple[float, float | None] | None:
 
 def timeline_html(records: Sequence[Record], hover: Hover) -> str:
     """A Gantt chart of the evaluations per worker (the async search's actor, else the
-    ``host:pid`` that claimed the record), a still-running one up to now, and how busy each
-    worker was between its first start and its last end."""
+    ``host:pid`` that claimed the record), a still-running one up to the last start or finish
+    the records hold (so that the same records give the same page), and how busy each worker
+    was between its first start and its last end."""
     spans = {r.id: s for r in records if (s := _span(r)) is not None}
     if not spans:
         return '<p class="muted">no candidate has started.</p>'
-    t0, now = min(s[0] for s in spans.values()), time.time()
+    t0 = min(s[0] for s in spans.values())
+    now = max(t for s in spans.values() for t in s if t is not None)
     bars = []
     for rec in records:
         if rec.id not in spans:
@@ -104,10 +105,10 @@ def timeline_html(records: Sequence[Record], hover: Hover) -> str:
         start, end = spans[rec.id]
         worker = str(rec.extra.get("actor") or rec.worker or "—")
         group = rec.step if rec.status == "done" else f"{rec.step} ({rec.status})"
-        seconds = (end if end is not None else now) - start
+        took = f"{end - start:.1f} s" if end is not None else "running, drawn to the last event"
         bars.append(
             Bar(worker, start - t0, (end if end is not None else now) - t0, group,
-                f"{hover(rec)}<br>start +{start - t0:.1f} s, {seconds:.1f} s")
+                f"{hover(rec)}<br>start +{start - t0:.1f} s, {took}")
         )  # fmt: skip
     rows = []
     for worker in dict.fromkeys(b.worker for b in bars):

@@ -10,6 +10,7 @@ take from records.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -109,7 +110,7 @@ def _figure() -> go.Figure:
 
 def _layout(fig: go.Figure, title: str, x_label: str, y_label: str, height: int = 420) -> None:
     fig.update_layout(
-        title={"text": escape(title), "font": {"size": 14}},
+        title={"text": escape(title), "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
         xaxis_title=escape(x_label),
         yaxis_title=escape(y_label),
         height=height,
@@ -280,6 +281,7 @@ def curves_figure(
         )  # fmt: skip
     _layout(fig, title, "epoch", y_label)
     fig.update_layout(showlegend=len(curves) <= 20)
+    fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -329,11 +331,14 @@ def errorbar_figure(
 
 def figure_div(fig: go.Figure) -> str:
     """A figure as a ``<div>`` and its drawing script, without plotly.js (see
-    :func:`page_html`)."""
+    :func:`page_html`). The div's id is a hash of the figure, so that the same records give
+    the same page."""
+    digest = hashlib.sha1(fig.to_json().encode()).hexdigest()[:16]
     return pio.to_html(
         fig,
         full_html=False,
         include_plotlyjs=False,
+        div_id=f"plot-{digest}",
         config={"displaylogo": False, "responsive": True},
     )
 
