@@ -300,7 +300,7 @@ def timeline_figure(bars: Sequence[Bar], *, title: str) -> go.Figure:
     workers = len({b.worker for b in bars})
     _layout(fig, title, "seconds from the first start", "worker", 160 + 40 * workers)
     fig.update_layout(barmode="overlay")
-    fig.update_yaxes(type="category")
+    fig.update_yaxes(type="category", automargin=True)
     return fig
 
 
