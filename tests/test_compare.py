@@ -185,7 +185,8 @@ def test_cli_writes_compare_json_and_report(compared: dict) -> None:
     )
     assert pair["mean"] == pytest.approx(direct.mean) and pair["t"] == direct.t
     page = (out / "report.html").read_text()
-    assert "Paired differences of mAP" in page and "data:image/png;base64," in page
+    assert "Paired differences of mAP" in page and "std) vs flops" in page  # a plotly title
+    assert page.count('class="plotly-graph-div"') == 2  # against flops and params
     assert "slim" in page and summary["failed"] == []
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import base64
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from _report_run import COMPARE, async_run, figures, hovers
+from plotly.offline import get_plotlyjs
 
 from nasdet.report import REPORT_FILENAME, lineage, write_report
 from nasdet.search import Record, RecordStore, RecordStoreError
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _VOID = {"meta", "img", "br", "hr", "link", "input"}
 
 
@@ -63,6 +64,14 @@ class _TagChecker(HTMLParser):
         self.stack.pop()
 
 
+def check_tags(page: str) -> _TagChecker:
+    """Every tag of ``page`` closed in order (the inlined plotly.js, 4 MB, left out)."""
+    checker = _TagChecker()
+    checker.feed(page.replace(get_plotlyjs(), "", 1))
+    checker.close()
+    return checker
+
+
 def test_report_has_plots_tables_lineage_and_failures(
     run: tuple[RecordStore, dict[str, Record]], tmp_path: Path
 ) -> None:
@@ -79,17 +88,33 @@ def test_report_has_plots_tables_lineage_and_failures(
     assert path == tmp_path / "out" / REPORT_FILENAME
     page = path.read_text(encoding="utf-8")
 
-    checker = _TagChecker()
-    checker.feed(page)
-    checker.close()
-    assert checker.stack == [] and "script" not in checker.tags
+    checker = check_tags(page)
+    assert checker.stack == [] and checker.tags.count("script") == 1 + 6  # plotly.js, figures
     assert "<title>digits &amp; co</title>" in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
     assert "resnet18 &lt;fcos&gt;" in page
+    # plotly.js inlined once, nothing fetched
+    assert page.count(get_plotlyjs()[:2000]) == 1 and "<script src" not in page
 
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 5  # 2 steps x (params, flops), plus the lineage plot
-    assert all(base64.b64decode(img, validate=True).startswith(_PNG_SIGNATURE) for img in images)
+    figs = figures(page)
+    titles = [layout["title"]["text"] for _, layout in figs]
+    steps, axes = ("serial", "parallel"), ("params", "flops")
+    assert titles[:4] == [f"{s}: mAP vs {x}" for s in steps for x in axes]
+    assert titles[4:] == ["lineage tree: mAP", "candidates per worker"]  # no curves kept
+    serial = hovers(figs[0][0])
+    child = next(h for h in serial if f"<b>#{r['child'].id}</b>" in h)
+    for part in ("111-2111-211111-2111", "mAP: 0.3500", "params: 8.000 M", "flops: 20.000 G",
+                 f"parent: #{r['root'].id}", f"weights: runs/w{r['child'].id}.pt"):  # fmt: skip
+        assert part in child
+    assert any("&lt;script&gt;alert(1)" in h for h in serial)  # escaped in the hover too
+    tree = {t["name"]: t for t in figs[4][0]}
+    lit = tree["winner's lineage"]["hovertext"]
+    assert [int(re.search(r"#(\d+)", h).group(1)) for h in lit] == [
+        r[k].id for k in ("root", "child", "xss", "par", "win")
+    ]
+    assert tree["winner's lineage"]["x"] == [0, 1, 2, 3, 4]  # generations from the root
+    timeline = {t["name"]: t for t in figs[5][0]}
+    assert set(timeline) == {"serial", "serial (failed)", "parallel"}  # the infeasible: no start
 
     assert "p-2" in page  # the winner's genotype
     lineage_html = page[page.index('id="lineage"') : page.index('id="failures"')]
@@ -159,14 +184,58 @@ def test_method_sections_render_tables_and_plots_escaped(
         units={"params": "weights"},
     )  # fmt: skip
     page = path.read_text(encoding="utf-8")
-    checker = _TagChecker()
-    checker.feed(page)
-    assert not checker.stack
+    assert not check_tags(page).stack
     section = page[page.index('id="method-0"') : page.index('id="step-0"')]
     assert "Extra &lt;s&gt;" in section and "text &amp; more" in section
     assert "caption &lt;x&gt;" in section and "&lt;w&gt;" in section
     assert '<tr class="winner"><td class="num">1</td>' in section  # the marked row
     assert "1.5000" in section and "—" in section
-    png = re.search(r'alt="visited &lt;all&gt;" src="data:image/png;base64,([^"]+)"', section)
-    assert png and base64.b64decode(png.group(1)).startswith(_PNG_SIGNATURE)
+    (data, layout), *_ = figures(section)
+    assert layout["title"]["text"] == "visited &lt;all&gt;"
+    assert [t["name"] for t in data] == ["candidates (2)", "baseline", "chosen"]
+    assert data[0]["x"] == [1.0, 2.0] and data[0]["y"] == [0.3, 0.4]  # shown as given
     assert "9.5e+06 weights" in page and "9.500 M" not in page  # the unit the run gave
+
+
+def test_curves_timeline_and_compare_of_a_run(tmp_path: Path) -> None:
+    from nasdet.report.run import write_run_report
+
+    store, recs = async_run(tmp_path / "run")
+    (tmp_path / "run" / "cmp").mkdir()
+    (tmp_path / "run" / "cmp" / "compare.json").write_text(json.dumps(COMPARE))
+    path = write_run_report(
+        tmp_path / "run", store, steps=["search"], objectives=["mAP", "params"], title="t",
+        winner_id=recs[3].id,
+    )  # fmt: skip
+    page = path.read_text(encoding="utf-8")
+    figs = {layout["title"]["text"]: data for data, layout in figures(page)}
+
+    curves = {t["name"]: t for t in figs["training loss per candidate"]}
+    assert list(curves) == [f"#{r.id} g{i}" for i, r in enumerate(recs)]
+    assert curves[f"#{recs[1].id} g1"]["y"] == pytest.approx([1.9, 1.4, 0.9])
+    assert "weights: w1.pt" in curves[f"#{recs[1].id} g1"]["hovertext"][0]
+
+    bars = figs["candidates per worker"][0]
+    assert bars["y"] == ["actor-0", "actor-1", "actor-1", "actor-0"]
+    assert bars["base"] == [0.0, 1.0, 40.0, 31.0] and bars["x"] == [30.0, 19.0, 10.0, 29.0]
+    timeline = page[page.index('id="timeline"') : page.index('id="compare"')]
+    # actor-0: 59 s busy over 60 s; actor-1: 29 s over 49 s
+    assert "actor-0: 2 candidate(s), busy 98 %" in timeline
+    assert "actor-1: 2 candidate(s), busy 59 %" in timeline
+
+    section = page[page.index('id="compare"') : page.index('id="failures"')]
+    assert "Equal-budget comparison" in section and "searched &lt;a&gt;" in section
+    assert str(tmp_path / "run" / "cmp" / "compare.json") in section
+    (data, layout), *_ = figures(section)
+    assert [t["name"] for t in data] == ["baseline", "searched &lt;a&gt;"]
+    assert data[1]["error_y"]["array"] == [0.01] and data[1]["y"] == [0.33]
+
+
+def test_a_broken_compare_json_is_named(tmp_path: Path) -> None:
+    from nasdet.errors import ConfigError
+    from nasdet.report.run import find_compare
+
+    assert find_compare(tmp_path) is None
+    (tmp_path / "compare.json").write_text('{"pairs": []}')
+    with pytest.raises(ConfigError, match=r"compare\.json: no 'architectures' list"):
+        find_compare(tmp_path)

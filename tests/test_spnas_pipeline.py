@@ -109,7 +109,7 @@ def test_full_pipeline_outputs(digits_root: Path, cls_root: Path, tmp_path: Path
     final = nasdet.load_model(result["model"])
     assert final.categories == [str(d) for d in range(10)]
     html = (out / "report.html").read_text()
-    assert result["winner"].split("|")[0] in html and "data:image/png;base64," in html
+    assert result["winner"].split("|")[0] in html and 'class="plotly-graph-div"' in html
 
     # a new run starts its parallel step from this run's serial output (the seed's models_folder)
     cfg2 = spnas_config(digits_root, cls_root, steps=["parallel"])

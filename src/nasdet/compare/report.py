@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from nasdet.compare.summary import METRIC, SHOWN_STATS
-from nasdet.report.html import figure_html, section_html, write_page
-from nasdet.report.plots import Point, errorbar_plot
+from nasdet.report.html import section_html, write_page
+from nasdet.report.interactive import compare_figures
 from nasdet.report.sections import Section, Table
 
 __all__ = ["architecture_table", "cell_text", "pairs_table", "write_compare_report"]
@@ -86,24 +86,6 @@ def pairs_table(summary: dict[str, Any]) -> Table:
     return Table(headers, rows, caption)
 
 
-def _plots(summary: dict[str, Any]) -> list[str]:
-    archs = [a for a in summary["architectures"] if a["metrics"].get(METRIC) and a["cost"]]
-    figures = []
-    for x_key in ("flops", "params", "latency_ms"):
-        shown = [a for a in archs if x_key in a["cost"]]
-        if not shown:
-            continue
-        points = [
-            Point(float(a["cost"][x_key]), a["metrics"][METRIC]["mean"], a["label"]) for a in shown
-        ]
-        errors = [a["metrics"][METRIC]["std"] for a in shown]
-        png = errorbar_plot(
-            points, errors, x_key=x_key, y_key=METRIC, title=f"{METRIC} (mean ± std) vs {x_key}"
-        )
-        figures.append(figure_html(png, f"{METRIC} vs {x_key}", "bars: ± one std over seeds"))
-    return figures
-
-
 def write_compare_report(out: str | Path, summary: dict[str, Any]) -> Path:
     """Write ``out/report.html``: the architectures, plots of mAP against each cost, the pairs,
     the budget and any failed training."""
@@ -122,7 +104,9 @@ def write_compare_report(out: str | Path, summary: dict[str, Any]) -> Path:
     )  # fmt: skip
     body = [
         section_html(Section("Architectures", tables=[architecture_table(summary)]), 0),
-        '<section id="plots"><div class="plots">' + "".join(_plots(summary)) + "</div></section>",
+        '<section id="plots"><div class="plots">'
+        + "".join(compare_figures(summary))
+        + "</div></section>",
     ]
     if summary["pairs"]:
         body.append(

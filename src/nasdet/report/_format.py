@@ -23,8 +23,9 @@ th { background: #f1f3f5; } td.num { text-align: right; font-variant-numeric: ta
 td.geno, td.path, td.err { font-family: ui-monospace, monospace; font-size: 12px;
                            word-break: break-all; max-width: 36em; }
 tr.winner { background: #ebfbee; } .muted { color: #868e96; }
-.plots { display: flex; flex-wrap: wrap; gap: 1em; } figure { margin: 0; }
-figure img { max-width: 100%; border: 1px solid #dee2e6; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 1em; }
+figure { margin: 0 0 1em; } figure.plot { min-width: 0; border: 1px solid #dee2e6; }
+figcaption { font-size: 12px; color: #495057; padding: 0 .5em .3em; }
 """
 
 

@@ -1,8 +1,8 @@
 """The run report: one self-contained HTML page summarising a search from its record store.
 
-The page has inline CSS and PNG plots embedded as base64 (no scripts, nothing fetched), so it can
-be mailed or opened offline. Every text taken from records (steps, genotypes, errors, paths) is
-HTML-escaped.
+The page has inline CSS and interactive plotly figures, with plotly.js inlined once (nothing is
+fetched), so it can be mailed or opened offline. Hovering a candidate's point shows its record.
+Every text taken from records (steps, genotypes, errors, paths) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nasdet.atomic import write_text_atomic
-from nasdet.report import plots
+from nasdet.report import interactive, plots
 from nasdet.report._format import (
     CSS,
     fmt_duration,
@@ -32,7 +32,6 @@ from nasdet.search.records import Record, RecordStore, RecordStoreError
 
 __all__ = [
     "REPORT_FILENAME",
-    "figure_html",
     "lineage",
     "section_html",
     "write_page",
@@ -205,13 +204,13 @@ def _pareto_figure(ctx: _Context, step: str, done: Sequence[Record], x_key: str)
 
     def point(rec: Record, label: str = "") -> Point:
         values = rec.values()
-        return Point(float(values[x_key]), float(values[ctx.y_key]), label)
+        return Point(float(values[x_key]), float(values[ctx.y_key]), label, ctx.hover(rec))
 
     base = None
     if all(is_number(ctx.baseline.get(k)) for k in (x_key, ctx.y_key)) and ctx.baseline_label:
         base = Point(float(ctx.baseline[x_key]), float(ctx.baseline[ctx.y_key]), ctx.baseline_label)
     winner = ctx.winner if ctx.winner and ctx.winner.id in {r.id for r in plotted} else None
-    png = plots.pareto_plot(
+    fig = plots.pareto_figure(
         [point(r) for r in plotted],
         [point(r) for r in pareto_records(plotted, pair)],
         x_key=x_key,
@@ -221,25 +220,32 @@ def _pareto_figure(ctx: _Context, step: str, done: Sequence[Record], x_key: str)
         winner=point(winner, f"winner #{winner.id}") if winner else None,
         labels=ctx.labels(x_key, ctx.y_key),
     )
-    caption = (
-        f"{escape(step)}: {escape(ctx.y_key)} against {escape(x_key)}; the front is over "
-        "these two axes"
-    )
-    return (
-        f'<figure><img alt="{escape(step)} {escape(x_key)} Pareto plot" '
-        f'src="data:image/png;base64,{png}"><figcaption>{caption}</figcaption></figure>'
-    )
+    caption = f"{step}: {ctx.y_key} against {x_key}; the front is over these two axes"
+    return plots.figure_html(fig, caption)
 
 
 def _lineage_section(ctx: _Context, store: RecordStore) -> str:
-    parts = ['<section id="lineage"><h2>Lineage of the winner</h2>']
+    parts = ['<section id="lineage"><h2>Lineage</h2>']
+    chain: list[Record] = []
     if ctx.winner is None:
         why = "no winner given"
         if ctx.winner_id is not None:
             why = f"winner record {ctx.winner_id} is not in the store"
-        parts.append(f'<p class="muted">{why}.</p></section>')
-        return "".join(parts)
-    chain, note = _lineage(store, ctx.winner.id)
+        parts.append(f'<p class="muted">{why}.</p>')
+    else:
+        chain, note = _lineage(store, ctx.winner.id)
+        parts.append(_chain_table(ctx, chain))
+        if note:
+            parts.append(f'<p class="muted">the chain stops early: {escape(note)}.</p>')
+    records = [r for step in ctx.steps for r in ctx.by_step[step]]
+    seen = {r.id for r in records}
+    records += [r for r in chain if r.id not in seen]  # ancestors from steps not reported
+    parts.append(interactive.tree_html(records, [r.id for r in chain], ctx.y_key, ctx.hover))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _chain_table(ctx: _Context, chain: Sequence[Record]) -> str:
     keys = ctx.table_keys
     rows, prev = [], None
     for rec in chain:
@@ -247,8 +253,9 @@ def _lineage_section(ctx: _Context, store: RecordStore) -> str:
         gain = f"{y - prev:+.4f}" if is_number(y) and is_number(prev) else "—"
         rows.append([escape(rec.step), *_record_cells(ctx, rec, keys), gain])
         prev = y
-    parts.append(
-        f"<p>{len(chain)} record(s), root first; each was derived from the one above.</p>"
+    return (
+        f"<h3>The winner's lineage</h3><p>{len(chain)} record(s), root first; each was derived "
+        "from the one above.</p>"
         + html_table(
             ["step", "id", "genotype", "parent", *keys, f"Δ {ctx.y_key}"],
             rows,
@@ -256,25 +263,22 @@ def _lineage_section(ctx: _Context, store: RecordStore) -> str:
             [""] * (len(rows) - 1) + ["winner"],
         )
     )
-    if note:
-        parts.append(f'<p class="muted">the chain stops early: {escape(note)}.</p>')
-    axes = _cost_axes(chain, ctx.objectives)
-    if axes:  # the first cost axis: the minimised objective, else params
-        keys = (axes[0], ctx.y_key)
-        points = [
-            Point(float(r.values()[keys[0]]), float(r.values()[keys[1]]), f"#{r.id}")
-            for r in chain
-            if all(is_number(r.values().get(k)) for k in keys)
-        ]
-        if len(points) >= 2:
-            png = plots.lineage_plot(
-                points, x_key=keys[0], y_key=ctx.y_key, labels=ctx.labels(keys[0], ctx.y_key)
-            )
-            parts.append(
-                f'<figure><img alt="lineage plot" src="data:image/png;base64,{png}"></figure>'
-            )
-    parts.append("</section>")
-    return "".join(parts)
+
+
+def _runs_section(ctx: _Context) -> str:
+    records = [r for step in ctx.steps for r in ctx.by_step[step]]
+    return (
+        '<section id="training"><h2>Training curves</h2>'
+        + interactive.curves_html(records, ctx.hover)
+        + '</section><section id="timeline"><h2>Timeline of candidates per worker</h2>'
+        + interactive.timeline_html(records, ctx.hover)
+        + "</section>"
+    )
+
+
+def _compare_section(source: str, summary: Mapping[str, Any]) -> str:
+    section = interactive.compare_section(summary, source)
+    return _section_html(section, "compare", interactive.compare_figures(summary))
 
 
 def _failures_section(ctx: _Context) -> str:
@@ -319,7 +323,7 @@ def _table_html(table: Table) -> str:
 def _scatter_html(plot: Scatter) -> str:
     if not plot.points:
         return ""
-    png = plots.pareto_plot(
+    fig = plots.pareto_figure(
         plot.points,
         [],
         x_key=plot.x_label,
@@ -331,19 +335,19 @@ def _scatter_html(plot: Scatter) -> str:
         winner_name="chosen",
         x_line=plot.x_line,
     )
-    caption = f"<figcaption>{escape(plot.caption)}</figcaption>" if plot.caption else ""
-    return (
-        f'<figure><img alt="{escape(plot.title)}" src="data:image/png;base64,{png}">'
-        f"{caption}</figure>"
-    )
+    return plots.figure_html(fig, plot.caption)
 
 
 def _method_section(index: int, section: Section) -> str:
-    parts = [f'<section id="method-{index}"><h2>{escape(section.title)}</h2>']
+    return _section_html(section, f"method-{index}")
+
+
+def _section_html(section: Section, anchor: str, more_figures: Sequence[str] = ()) -> str:
+    parts = [f'<section id="{anchor}"><h2>{escape(section.title)}</h2>']
     if section.text:
         parts.append(f"<p>{escape(section.text)}</p>")
     parts.extend(_table_html(t) for t in section.tables)
-    figures = "".join(_scatter_html(p) for p in section.plots)
+    figures = "".join([*(_scatter_html(p) for p in section.plots), *more_figures])
     if figures:
         parts.append(f'<div class="plots">{figures}</div>')
     parts.append("</section>")
@@ -379,6 +383,10 @@ class _Context:
         x, y = (f"{k} ({self.units[k]})" if k in self.units else None for k in (x_key, y_key))
         return x, y
 
+    def hover(self, rec: Record) -> str:
+        """What hovering ``rec``'s point shows (id, genotype, metrics, cost, parent, weights)."""
+        return interactive.record_hover(rec, self.table_keys, self.fmt)
+
 
 def write_report(
     out_dir: str | Path,
@@ -391,14 +399,18 @@ def write_report(
     title: str = "nasdet search",
     sections: Sequence[Section] = (),
     units: Mapping[str, str] | None = None,
+    compare: tuple[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``, a self-contained page about a search run.
 
     The page has a summary (steps, status counts, times, best metric, winner, baseline); per
     step a plot of the metric against each cost axis present (the objectives to minimise, then
     ``params`` and ``flops``) with the front over those two axes, the baseline and the winner,
-    and a table of the step's Pareto front over all ``objectives``; the lineage of the winner;
-    and the failed and infeasible candidates with their errors.
+    and a table of the step's Pareto front over all ``objectives``; the lineage of the winner
+    and a tree of every candidate's parent; the training curves of the candidates that kept
+    them; the timeline of candidates per worker; the equal-budget comparison, if given; and
+    the failed and infeasible candidates with their errors. The plots are interactive:
+    hovering a candidate shows its record.
 
     Args:
         out_dir: the folder to write into (created if missing).
@@ -417,6 +429,7 @@ def write_report(
         units: the unit of a metric or cost key whose stored value is shown as is (e.g.
             ``{"latency_lut": "MMAC"}``), instead of the unit :func:`~nasdet.report.plots.
             axis_scale` infers from the key's name.
+        compare: the path and data of a ``nasdet compare`` summary (``compare.json``).
 
     Returns:
         The path of the written file (replaced atomically).
@@ -454,16 +467,12 @@ def write_report(
         *(_method_section(i, section) for i, section in enumerate(sections)),
         *(_step_section(ctx, i, step) for i, step in enumerate(steps)),
         _lineage_section(ctx, store),
+        _runs_section(ctx),
+        *([] if compare is None else [_compare_section(*compare)]),
         _failures_section(ctx),
     ]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
     path = Path(out_dir) / REPORT_FILENAME
-    write_text_atomic(path, page)
+    write_text_atomic(path, plots.page_html(title, CSS, body))
     logger.info("wrote the report of %d step(s) to %s", len(steps), path)
     return path
 
@@ -476,13 +485,6 @@ def section_html(section: Section, index: int = 0) -> str:
     return _method_section(index, section)
 
 
-def figure_html(png: str, alt: str, caption: str = "") -> str:
-    """A figure of a base64 PNG (:mod:`nasdet.report.plots`); ``alt`` and ``caption`` are
-    plain text."""
-    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{png}">{cap}</figure>'
-
-
 def write_page(out_dir: str | Path, *, title: str, body: Sequence[str], note: str = "") -> Path:
     """Write ``out_dir/report.html``: a self-contained page (the run report's CSS) with
     ``title``, a muted ``note`` line (plain text) and ``body`` (HTML parts, e.g.
@@ -490,12 +492,6 @@ def write_page(out_dir: str | Path, *, title: str, body: Sequence[str], note: st
     parts = [f"<h1>{escape(title)}</h1>"]
     if note:
         parts.append(f'<p class="muted">{escape(note)}; written {fmt_time(time.time())}</p>')
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join([*parts, *body])
-        + "\n</body></html>\n"
-    )
     path = Path(out_dir) / REPORT_FILENAME
-    write_text_atomic(path, page)
+    write_text_atomic(path, plots.page_html(title, CSS, [*parts, *body]))
     return path

@@ -3,6 +3,7 @@ when it ends and ``nasdet report RUN_DIR``, which regenerates it at any time, mi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,33 @@ from nasdet.report.sections import Section, sections_from_json
 from nasdet.run_dir import CONFIG_FILENAME, open_run_dir, run_objectives, run_steps
 from nasdet.search.records import Record, RecordStore
 
-__all__ = ["regenerate_report", "write_run_report"]
+__all__ = ["COMPARE_FILENAME", "find_compare", "regenerate_report", "write_run_report"]
+
+COMPARE_FILENAME = "compare.json"  # nasdet compare's summary (nasdet.compare.run)
+
+
+def find_compare(run_dir: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """The ``nasdet compare`` summary kept with a run: ``RUN_DIR/compare.json``, else the first
+    ``RUN_DIR/*/compare.json`` by name (a compare run with ``--out RUN_DIR/<name>``); its path
+    and data, or ``None`` when there is none.
+
+    Raises:
+        ConfigError: the file is not a compare summary (not JSON, or no ``architectures``).
+    """
+    run_dir = Path(run_dir)
+    found = [run_dir / COMPARE_FILENAME, *sorted(run_dir.glob(f"*/{COMPARE_FILENAME}"))]
+    path = next((p for p in found if p.is_file()), None)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not readable as JSON ({exc}) — rerun nasdet compare") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("architectures"), list):
+        raise ConfigError(
+            f"{path}: no 'architectures' list — not a nasdet compare summary; move it away"
+        )
+    return str(path), data
 
 
 def write_run_report(
@@ -29,7 +56,8 @@ def write_run_report(
     sections: Sequence[Section] = (),
     units: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` (see :func:`~nasdet.report.html.write_report`).
+    """Write ``out_dir/report.html`` (see :func:`~nasdet.report.html.write_report`), with the
+    equal-budget comparison of :func:`find_compare` when ``out_dir`` holds one.
 
     Args:
         baseline: the reference model, a record or a mapping of values (flat or under
@@ -50,6 +78,7 @@ def write_run_report(
         title=title,
         sections=sections,
         units=units,
+        compare=find_compare(out_dir),
     )
 
 

@@ -42,13 +42,14 @@ from typing import Any
 from nasdet.atomic import write_json_atomic
 from nasdet.errors import WorkFailed
 from nasdet.search.executors import Executor, Outcome, Task
+from nasdet.search.hparams import log_candidate
 from nasdet.search.pareto import Objective, pareto_records, parse_objectives, write_pareto_csv
 from nasdet.search.progress import CandidateProgress, best_so_far, front_size
 from nasdet.search.records import Record, RecordStore
 
 log = logging.getLogger(__name__)
 # what an evaluate function may return besides metrics, cost and weights_path, kept in extra
-RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds")
+RESULT_EXTRAS = ("inherited", "new", "left_at_init", "train_seconds", "history")
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def run_search(
                 cost=res.get("cost"),
                 extra={k: res[k] for k in RESULT_EXTRAS if k in res},
             )
+            log_candidate(step_dir / "tensorboard", rec)  # curves and its HParams entry
             log.info(
                 "%s #%d %s done: %s",
                 step,

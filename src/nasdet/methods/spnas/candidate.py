@@ -110,8 +110,9 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
     ``architecture`` (the candidate's ``model`` section), ``parent_weights`` (a nasdet model
     file or None), ``out`` (model file to write), ``epochs``, ``freeze_inherited`` (bool),
     ``lr_scale`` (multiplies train.lr). Returns ``metrics`` (COCO stats on the search split, or
-    val when there is none), ``cost``, ``weights_path``, ``inherited``, ``new`` and
-    ``train_seconds``.
+    val when there is none), ``cost``, ``weights_path``, ``inherited``, ``new``,
+    ``train_seconds`` and ``history`` (per epoch: ``loss``, ``lr``, ``seconds``,
+    ``images_per_s``).
     """
     cfg = TrainConfig.model_validate(payload["config"])
     arch = Model.model_validate(payload["architecture"])
@@ -126,7 +127,7 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
                 if name in transfer.inherited:
                     param.requires_grad_(False)
     out = Path(payload["out"])
-    seconds = train_model(
+    seconds, history = train_model(
         model,
         data.train,
         cfg,
@@ -159,6 +160,7 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
         "new": len(model.state_dict()) - (len(transfer.inherited) if transfer else 0),
         "left_at_init": transfer.summary() if transfer else "no parent: every tensor",
         "train_seconds": seconds,
+        "history": history,
     }
 
 
@@ -170,8 +172,9 @@ def train_model(
     epochs: int,
     work_dir: Path,
     lr_scale: float = 1.0,
-) -> float:
-    """Train ``model`` for ``epochs`` (cfg.train's optimizer and schedule); seconds spent.
+) -> tuple[float, list[dict[str, float]]]:
+    """Train ``model`` for ``epochs`` (cfg.train's optimizer and schedule); the seconds spent
+    and the per-epoch history (the trainer's numeric entries: ``loss``, ``lr``...).
 
     The per-epoch checkpoint lives in a private temporary folder under ``work_dir`` (several
     candidates may train at once) and is removed afterwards.
@@ -182,5 +185,7 @@ def train_model(
             model, train_set, cfg, Path(tmp), epochs=epochs, lr_scale=lr_scale, tensorboard=False
         )
         start = time.perf_counter()
-        trainer.fit()
-        return time.perf_counter() - start
+        history = trainer.fit()
+        seconds = time.perf_counter() - start
+    numeric = (int, float)
+    return seconds, [{k: v for k, v in e.items() if isinstance(v, numeric)} for e in history]
