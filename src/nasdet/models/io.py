@@ -69,8 +69,13 @@ def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], source:
     module.load_state_dict(state, strict=True)
 
 
-def _unwrap(obj: dict[str, Any]) -> dict[str, Any]:
-    for key in ("state_dict", "model"):
+def read_state_dict(
+    path: str | Path, wrappers: tuple[str, ...] = ("state_dict",)
+) -> dict[str, Any]:
+    """:func:`read_weights`, unwrapped: the dict under the first of ``wrappers`` that holds one
+    (peers save ``{"state_dict": ...}``, some ``{"model": ...}``), else the file's dict."""
+    obj = read_weights(path)
+    for key in wrappers:
         if isinstance(obj.get(key), dict):
             return obj[key]
     return obj
@@ -80,7 +85,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Load a classification state dict (e.g. torchvision's ``resnet18`` file) into ``body`` by
     parameter name. Keys the backbone does not have (``fc.*``, ``classifier.*``) are ignored;
     prefixes ``module.``/``features.`` are stripped. Every backbone key must be present."""
-    state = _unwrap(read_weights(path))
+    state = read_state_dict(path, ("state_dict", "model"))
     renamed: dict[str, Any] = {}
     own = body.state_dict()
     for key, value in state.items():

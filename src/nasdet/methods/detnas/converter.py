@@ -15,7 +15,7 @@ from nasdet.cost import count_params
 from nasdet.errors import CheckpointError
 from nasdet.methods.detnas.config import Model
 from nasdet.methods.detnas.convert import mmrazor_state_dict_to_nasdet
-from nasdet.models.io import load_state_dict_checked, read_weights, save_model
+from nasdet.models.io import load_state_dict_checked, read_state_dict, save_model
 
 # MMRazor's DetNAS Faster R-CNN (MMRazor v0.1-v0.3,
 # configs/nas/detnas/detnas_supernet_frcnn_shufflenetv2_fpn_1x_coco.py):
@@ -42,8 +42,7 @@ def convert_command(
 ) -> str:
     """Write ``out``; one line saying what it wrote. ``min_size`` / ``max_size``: the resize
     (default 800 / 1333, MMRazor's); ``num_classes``: classes with background (default 81, COCO)."""
-    obj = read_weights(checkpoint)
-    state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    state = read_state_dict(checkpoint)
     try:
         renamed, code, dropped = mmrazor_state_dict_to_nasdet(state)
     except ValueError as e:

@@ -25,7 +25,7 @@ from torch import Tensor
 from nasdet.errors import CheckpointError
 from nasdet.methods.ofa.elastic import make_divisible
 from nasdet.methods.ofa.nets import MBV3, OFASupernet
-from nasdet.models.io import load_state_dict_checked, read_weights
+from nasdet.models.io import load_state_dict_checked, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ def load_ofa_checkpoint(path: str | Path, supernet: OFASupernet) -> list[str]:
     Raises:
         CheckpointError: one line naming the file and the missing / unexpected / misshapen key.
     """
-    obj = read_weights(path)
-    state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    state = read_state_dict(path)
     try:
         renamed, dropped = ofa_state_dict_to_nasdet(
             state, supernet.backbone_type, supernet.width_mult

@@ -13,15 +13,14 @@ from nasdet.cost import count_params
 from nasdet.errors import CheckpointError
 from nasdet.methods.ofa.config import Model
 from nasdet.methods.ofa.convert import ofa_state_dict_to_nasdet
-from nasdet.models.io import read_weights, save_model
+from nasdet.models.io import read_state_dict, save_model
 
 WIDTHS = (1.0, 1.2)  # the released supernets: ofa_mbv3_d234_e346_k357_w1.0 and _w1.2
 
 
 def _width_of(path: Path) -> float:
     """The checkpoint's width multiplier (1.0 or 1.2), from its stem and head widths."""
-    obj = read_weights(path)
-    state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    state = read_state_dict(path)
     for width in WIDTHS:
         try:
             ofa_state_dict_to_nasdet(state, "mbv3", width)
