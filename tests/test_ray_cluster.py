@@ -4,8 +4,8 @@ auto``) and a DetNAS scoring step (the explicit address). The candidates lost wi
 again on the head, every candidate is recorded once, and the run log names the lost node and the
 re-run records.
 
-Marked ``ray_cluster``: ``pytest -m "not ray_cluster"`` skips it (it starts a cluster of its own,
-about 20 s of the run).
+Marked ``ray_cluster``: ``pytest -m "not ray_cluster"`` skips it. It starts a cluster of its own:
+both tests take about 75 CPU seconds in all (the Ray processes, the workers, this process).
 """
 
 from __future__ import annotations
