@@ -5,7 +5,7 @@ again on the head, every candidate is recorded once, and the run log names the l
 re-run records.
 
 Marked ``ray_cluster``: ``pytest -m "not ray_cluster"`` skips it. It starts a cluster of its own:
-both tests take about 75 CPU seconds in all (the Ray processes, the workers, this process).
+its two runs take about 70 CPU seconds in all (the Ray processes, the workers, this process).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,22 +133,30 @@ def assert_rerun_once(out: Path, step: str, lost: str, expected: int) -> None:
     assert {int(r) for r, _ in requeued} <= {r.id for r in records}
 
 
-def test_spnas_serial_step_survives_losing_a_node(
-    cluster: LocalCluster,
-    digits_root: Path,
-    cls_root: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+def spnas_serial(
+    cluster: LocalCluster, digits_root: Path, cls_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict, str, int]:
+    """An SP-NAS serial step of 2 candidates at ``address: auto``: (config, step, candidates)."""
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # what `address: auto` finds
     cfg = spnas_config(digits_root, cls_root, serial_samples=2, steps=["fine_tune", "serial"],
                        executor="ray", address="auto", workers=2)
-    out, lost = run_losing_a_node(cluster, cfg, tmp_path, replace=True)  # for the next test
-    assert_rerun_once(out, "serial", lost, expected=2)
+    return cfg, "serial", 2
 
 
-def test_detnas_scoring_survives_losing_a_node(
+def detnas_scoring(
+    cluster: LocalCluster, digits_root: Path, cls_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict, str, int]:
+    """DetNAS scoring of 2 candidates at the cluster's address: (config, step, candidates)."""
+    cfg = detnas_config(digits_root, cls_root, num_candidates=2, top_k=1, num_mutation=1,
+                        num_crossover=0, max_epochs=1, executor="ray", address=cluster.address,
+                        workers=2)
+    cfg["pipeline"] = ["supernet_train", "evolution_search"]
+    return cfg, "evolution_search", 2
+
+
+@pytest.mark.parametrize("step", [spnas_serial, detnas_scoring], ids=["spnas", "detnas"])
+def test_a_step_survives_losing_a_node(
+    step: Callable[..., tuple[dict, str, int]],
     cluster: LocalCluster,
     digits_root: Path,
     cls_root: Path,
@@ -157,9 +165,7 @@ def test_detnas_scoring_survives_losing_a_node(
 ) -> None:
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cfg = detnas_config(digits_root, cls_root, num_candidates=2, top_k=1, num_mutation=1,
-                        num_crossover=0, max_epochs=1, executor="ray", address=cluster.address,
-                        workers=2)
-    cfg["pipeline"] = ["supernet_train", "evolution_search"]
-    out, lost = run_losing_a_node(cluster, cfg, tmp_path)
-    assert_rerun_once(out, "evolution_search", lost, expected=2)
+    cfg, name, expected = step(cluster, digits_root, cls_root, monkeypatch)
+    # the SP-NAS run (first) starts a new second node once it lost one, for the DetNAS run
+    out, lost = run_losing_a_node(cluster, cfg, tmp_path, replace=step is spnas_serial)
+    assert_rerun_once(out, name, lost, expected)
