@@ -18,6 +18,8 @@ from nasdet.search.executors import (
     Outcome,
     RayExecutor,
     Task,
+    _needs_token,
+    lost_node,
     make_executor,
 )
 
@@ -169,3 +171,36 @@ def test_ray_closing_the_run_early_stops_pulling_tasks(ray_local: Any) -> None:
     assert next(outcomes).record_id == 1
     outcomes.close()  # cancels task 2 (ray.cancel force=True); task 3 is never pulled
     assert counted.pulled == 2
+
+
+def test_lost_node_tells_a_node_loss_from_other_ray_errors() -> None:
+    import ray
+    import ray.exceptions as errors
+
+    died = errors.NodeDiedError(
+        "Task failed because the node it was running on is dead or unavailable. Node IP: "
+        "10.0.0.2, node ID: 39e0e534c48e82038df4647f8b98f74f. This can happen if ..."
+    )
+    assert lost_node(ray, died) == "node 39e0e534c48e82038df4647f8b98f74f at 10.0.0.2"
+    assert lost_node(ray, errors.ObjectLostError("ab" * 28, None, "")) == "a lost node"
+    actor = errors.ActorDiedError()
+    actor.error_msg = "The actor died because its node has died. Node Id: 5f3a9c01d2e4b6a8"
+    assert lost_node(ray, actor) == "node 5f3a9c01d2e4b6a8"
+    # a candidate's own crash, a dead owner, a cancelled task: not node losses
+    assert lost_node(ray, errors.WorkerCrashedError()) is None
+    assert lost_node(ray, errors.OwnerDiedError("ab" * 28, None, "")) is None
+    assert lost_node(ray, errors.TaskCancelledError()) is None
+    assert lost_node(ray, errors.ActorDiedError()) is None
+
+
+def test_a_refused_token_is_named() -> None:
+    from ray.exceptions import AuthenticationError
+
+    try:
+        try:
+            raise AuthenticationError("RPC error: InvalidAuthToken: token is missing")
+        except AuthenticationError as inner:
+            raise ConnectionError("Failed to connect to Ray cluster") from inner
+    except ConnectionError as exc:
+        assert _needs_token(exc)
+    assert not _needs_token(ConnectionError("Failed to connect to Ray cluster"))

@@ -17,15 +17,23 @@ and commits each outcome as it arrives::
 An exception inside ``fn`` (or a crashed Ray worker) becomes ``Outcome(ok=False, error=...,
 traceback=...)``: a one-line error and the full traceback text (also logged at DEBUG level). It
 never stops the run: the caller decides what a failure means.
+
+A task lost with its Ray node (the node died or left the cluster while the task ran, or its
+result was lost with the node) is no candidate's failure: :class:`RayExecutor` runs it again on
+the nodes that are left (up to ``max_reruns`` times, then it is a failed outcome) and logs which
+node was lost and which record is re-run. Every task still gives exactly one outcome.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import re
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -80,6 +88,7 @@ class Outcome:
             :mod:`nasdet.search.actors`), else ``None``.
         started, finished: unix time in seconds when ``fn`` started and returned, measured where
             it ran (``None`` when it never ran, e.g. a crashed Ray worker).
+        node: the id of the Ray node that ran it (:class:`RayExecutor`), else ``None``.
     """
 
     record_id: int
@@ -90,6 +99,7 @@ class Outcome:
     worker: int | None = None
     started: float | None = None
     finished: float | None = None
+    node: str | None = None
 
 
 def error_line(exc: BaseException) -> str:
@@ -180,8 +190,12 @@ class InProcessExecutor(Executor):
 
 
 def _ray_call(fn: TaskFn, task: Task) -> Outcome:
-    """The Ray task: :func:`call_timed` on a worker (module level, so workers import it by name)."""
-    return call_timed(fn, task, None)
+    """The Ray task: :func:`call_timed` on a worker (module level, so workers import it by name),
+    with the worker's node id."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return dataclasses.replace(call_timed(fn, task, None), node=node)
 
 
 def _import_ray() -> Any:
@@ -192,6 +206,31 @@ def _import_ray() -> Any:
             "executor 'ray' needs the ray package: pip install 'ray[default]'"
         ) from None
     return ray
+
+
+_NODE_ID = re.compile(r"node[ _]?id[:=]?\s*([0-9a-f]{8,})", re.IGNORECASE)
+_NODE_IP = re.compile(r"(?:node ip|\bip)[:=]?\s*([0-9a-f.:]*[0-9a-f])", re.IGNORECASE)
+_NODE_DEATH = re.compile(r"\bnode\b[^.]{0,40}\b(?:dead|died)\b", re.IGNORECASE)
+
+
+def lost_node(ray: Any, exc: BaseException) -> str | None:
+    """The node whose loss made a task fail, as ``"node <id> at <ip>"`` (``"a lost node"`` when
+    Ray's error does not name it), or ``None`` when ``exc`` is not a node loss.
+
+    A node loss is a ``NodeDiedError`` (the node running the task died), an ``ObjectLostError``
+    itself (every copy of the task's result was on nodes that are gone; not its subclasses, such
+    as a dead owner) or an actor error whose message says that the actor's node died.
+    """
+    text = str(exc)
+    died = getattr(ray.exceptions, "NodeDiedError", ())  # Ray >= 2.10
+    node_error = isinstance(exc, died) or type(exc) is ray.exceptions.ObjectLostError
+    actor_node = isinstance(exc, ray.exceptions.RayActorError) and bool(_NODE_DEATH.search(text))
+    if not (node_error or actor_node):
+        return None
+    node_id, ip = _NODE_ID.search(text), _NODE_IP.search(text)
+    if node_id is None:
+        return "a lost node"
+    return f"node {node_id.group(1)}" + (f" at {ip.group(1)}" if ip else "")
 
 
 def start_ray(address: str | None, runtime_env: dict[str, Any] | None) -> tuple[Any, bool]:
@@ -215,6 +254,12 @@ def start_ray(address: str | None, runtime_env: dict[str, Any] | None) -> tuple[
         local = {} if address else {"include_dashboard": False}  # no web UI to start
         ray.init(address=address, runtime_env=runtime_env, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if _needs_token(exc):
+            raise NasdetError(
+                f"executor: the Ray cluster at {where} uses token authentication and refused "
+                "this process; run nasdet with RAY_AUTH_MODE=token and the cluster's token in "
+                "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN)"
+            ) from None
         reason = error_line(exc).rstrip(".")
         raise NasdetError(
             f"executor: cannot start or reach Ray at {where}: {reason}; start a cluster "
@@ -222,6 +267,15 @@ def start_ray(address: str | None, runtime_env: dict[str, Any] | None) -> tuple[
         ) from None
     logger.info("Ray started at %s", where)
     return ray, True
+
+
+def _needs_token(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is Ray refusing a missing token."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class RayExecutor(Executor):
@@ -241,6 +295,8 @@ class RayExecutor(Executor):
             ``ray.init`` when this executor starts Ray, else to each task.
         max_retries: how often Ray reruns a task whose worker died (0: a crash is a failed
             outcome at once).
+        max_reruns: how often nasdet runs a task again that was lost with its node (see the
+            module docstring); it goes to the front of the queue and runs on a node that is left.
 
     Raises:
         ConfigError: ray is not installed, a resource count is negative, or the tasks need GPUs
@@ -257,17 +313,20 @@ class RayExecutor(Executor):
         runtime_env: dict[str, Any] | None = None,
         *,
         max_retries: int = 0,
+        max_reruns: int = 2,
     ) -> None:
-        if num_cpus_per_task < 0 or num_gpus_per_task < 0 or max_retries < 0:
+        if min(num_cpus_per_task, num_gpus_per_task, max_retries, max_reruns) < 0:
             raise ConfigError(
-                "executor: num_cpus_per_task, num_gpus_per_task and max_retries must be >= 0, got "
-                f"{num_cpus_per_task}, {num_gpus_per_task}, {max_retries}"
+                "executor: num_cpus_per_task, num_gpus_per_task, max_retries and max_reruns must "
+                f"be >= 0, got {num_cpus_per_task}, {num_gpus_per_task}, {max_retries}, "
+                f"{max_reruns}"
             )
         if max_workers is not None and max_workers < 1:
             raise ConfigError(f"executor: max_workers must be >= 1, got {max_workers}")
         self.num_cpus_per_task = float(num_cpus_per_task)
         self.num_gpus_per_task = float(num_gpus_per_task)
         self.max_retries = int(max_retries)
+        self.max_reruns = int(max_reruns)
         self._ray, self._started = start_ray(address, runtime_env)
         self._task_runtime_env = None if self._started else runtime_env
         self.max_workers = max_workers or self._default_max_workers()
@@ -295,7 +354,8 @@ class RayExecutor(Executor):
         return max(1, int(cpus // self.num_cpus_per_task))
 
     def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
-        """See :meth:`Executor.run`. A worker that dies gives a failed outcome for its task.
+        """See :meth:`Executor.run`. A worker that dies gives a failed outcome for its task; a
+        task lost with its node runs again (up to ``max_reruns`` times).
 
         Raises:
             TypeError: ``fn`` is a lambda or a nested function (it must be importable by name).
@@ -324,10 +384,11 @@ class RayExecutor(Executor):
         remote = ray.remote(_ray_call).options(**options)
         fn_ref = ray.put(fn)  # pickled once, resolved by each task
         pending: dict[Any, Task] = {}
+        lost = NodeLosses(self.max_reruns)
 
         def fill() -> None:
             while len(pending) < self.max_workers:
-                task = next(task_iter, None)
+                task = lost.requeued.popleft() if lost.requeued else next(task_iter, None)
                 if task is None:
                     return
                 pending[remote.remote(fn_ref, task)] = task
@@ -337,22 +398,28 @@ class RayExecutor(Executor):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    yield self._collect(ref, pending.pop(ref))
+                    task = pending.pop(ref)
+                    outcome, node = self._collect(ref, task)
+                    if lost.rerun(task, node):
+                        continue
+                    lost.ran_again(outcome)
+                    if not outcome.ok:
+                        log_failure(outcome)
+                    yield outcome
                 fill()  # after the driver has seen the outcome
         finally:
             for ref, task in pending.items():  # the caller stopped early, or an error
                 logger.warning("cancelling record %d, still running", task.record_id)
                 ray.cancel(ref, force=True)  # kills the worker: frees its GPU memory at once
 
-    def _collect(self, ref: Any, task: Task) -> Outcome:
+    def _collect(self, ref: Any, task: Task) -> tuple[Outcome, str | None]:
+        """The task's outcome, and the node it was lost with (``None``: not lost)."""
         ray = self._ray
         try:
-            outcome = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # worker crash, lost object, cancelled...
-            outcome = Outcome(task.record_id, False, {}, error_line(exc), str(exc))
-        if not outcome.ok:
-            log_failure(outcome)
-        return outcome
+            return ray.get(ref), None
+        except ray.exceptions.RayError as exc:  # worker crash, lost node or object, cancelled...
+            failed = Outcome(task.record_id, False, {}, error_line(exc), str(exc))
+            return failed, lost_node(ray, exc)
 
     def close(self) -> None:
         """Shut Ray down if this executor started it (an instance found running is left)."""
@@ -360,6 +427,56 @@ class RayExecutor(Executor):
             self._ray.shutdown()
             logger.info("Ray shut down")
         self._started = False
+
+
+class NodeLosses:
+    """The tasks of one run that were lost with their Ray node: which run again, in what order,
+    and the log lines that say so (each lost node once, each re-run task once per re-run)."""
+
+    def __init__(self, max_reruns: int) -> None:
+        self.max_reruns = max_reruns
+        self.requeued: deque[Task] = deque()  # run before any new task
+        self.reruns: dict[int, int] = {}  # record id -> re-runs so far
+        self.nodes: set[str] = set()  # the lost nodes already logged
+
+    def rerun(self, task: Task, node: str | None) -> bool:
+        """Queue ``task`` to run again if it was lost with ``node`` and has re-runs left; whether
+        it was queued (when not, its outcome is the caller's to yield)."""
+        if node is None:
+            return False
+        if node not in self.nodes:
+            self.nodes.add(node)
+            logger.warning("Ray %s was lost: the tasks that ran on it run again elsewhere", node)
+        done = self.reruns.get(task.record_id, 0)
+        if done >= self.max_reruns:
+            logger.warning(
+                "record %d was lost with %s %d time(s): not run again (max_reruns %d)",
+                task.record_id,
+                node,
+                done + 1,
+                self.max_reruns,
+            )
+            return False
+        self.reruns[task.record_id] = done + 1
+        self.requeued.append(task)
+        logger.warning(
+            "re-running record %d, lost with %s (re-run %d of at most %d)",
+            task.record_id,
+            node,
+            done + 1,
+            self.max_reruns,
+        )
+        return True
+
+    def ran_again(self, outcome: Outcome) -> None:
+        """Log where a re-run task ran and how it ended (nothing for a task run once)."""
+        if outcome.record_id in self.reruns:
+            logger.warning(
+                "record %d ran again on node %s after its node was lost: %s",
+                outcome.record_id,
+                outcome.node or "?",
+                "done" if outcome.ok else f"failed ({outcome.error})",
+            )
 
 
 class ExecutorSettings(Strict):
