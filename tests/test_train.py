@@ -303,3 +303,42 @@ def test_resume_with_step_hook_is_bit_for_bit(tmp_path: Path, monkeypatch) -> No
     a, b = _weights(straight.model), _weights(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in straight.history]
+
+
+class _Killed(Exception):
+    """Raised by ``before_step`` to stop a run at a step, as a kill would."""
+
+
+def test_resume_mid_epoch_is_bit_for_bit(tmp_path: Path) -> None:
+    """``checkpoint_every=3`` on 4 steps per epoch (the last batch short): checkpoints inside
+    both epochs; stopped at step 7 (global, from 0), the run resumes in epoch 2 after its step 2,
+    skipping the batches trained on, and ends as an uninterrupted run does. The global RNG draws
+    of the step hook continue from the checkpointed state."""
+    kw = {"size": 14, "epochs": 2, "step_hook": _random_paths, "forwards_per_step": 2}
+    straight = _trainer(tmp_path / "straight", checkpoint_every=3, **kw)
+    straight.fit()
+
+    def die_at_7(step: int) -> None:
+        if step == 7:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        _trainer(tmp_path / "killed", checkpoint_every=3, before_step=die_at_7, **kw).fit()
+    path = tmp_path / "killed" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    assert (ck["epoch"], ck["epoch_step"], ck["step"], ck["iters_per_epoch"]) == (1, 2, 6, 4)
+    assert [p["steps"] for p in ck["progress_per_rank"]] == [2]
+    resumed = _trainer(tmp_path / "killed", checkpoint_every=3, **kw)
+    resumed.fit(resume=True)
+
+    a, b = _weights(straight.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["loss"] for e in resumed.history] == [e["loss"] for e in straight.history]
+    # the resumed run trained steps 6 and 7 only (4 and 2 points, 2 forwards each): the points of
+    # the straight run's last 12 forwards
+    assert resumed.model.seen == straight.model.seen[-2 * 6 :]
+
+    # a mid-epoch position means nothing to another number of processes: refused in one line
+    torch.save({**ck, "world_size": 2}, path)
+    with pytest.raises(CheckpointError, match=r"mid-epoch by 2 process\(es\) at step 2 of 4"):
+        _trainer(tmp_path / "killed", checkpoint_every=3, **kw).fit(resume=True)

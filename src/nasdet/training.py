@@ -39,8 +39,11 @@ class TrainResult:
 
 
 def config_fingerprint(cfg: Config) -> str:
-    """A stable text of the settings that determine a training run (for resume checks)."""
-    dump = cfg.model_dump(mode="json", exclude={"eval": True, "train": {"tensorboard"}})
+    """A stable text of the settings that determine a training run (for resume checks); how
+    often checkpoints are written is not one of them."""
+    dump = cfg.model_dump(
+        mode="json", exclude={"eval": True, "train": {"tensorboard", "checkpoint_every"}}
+    )
     return json.dumps(dump, sort_keys=True)
 
 
