@@ -300,8 +300,9 @@ def test_torchrun_restarts_a_lost_rank_to_the_same_weights(
     assert mark.read_text() == "rank 1 killed itself at step 5\n", proc.report()
     assert proc.attempts == 2, proc.report()
     step_dir = out / "output" / "supernet_train"
-    resumed = f"resuming {step_dir / 'checkpoint.pt'}: in epoch 2 after step 1 of 3"
-    assert resumed in (out / "nasdet.log").read_text()
+    log = (out / "nasdet.log").read_text()
+    assert "attempt 1 joins under its own store prefix" in log
+    assert f"resuming {step_dir / 'checkpoint.pt'}: in epoch 2 after step 1 of 3" in log
 
     ca, cb = (
         torch.load(run / "output" / "supernet_train" / "checkpoint.pt", weights_only=True)

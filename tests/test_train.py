@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_supernet_model
 from ddp_worker import Points, TwoBranch
 from torch import nn
 from torch.utils.data import Subset
@@ -16,7 +16,8 @@ import nasdet
 from nasdet.config import parse_config
 from nasdet.engine.train import Trainer, make_scheduler, unwrap
 from nasdet.errors import CheckpointError, TrainingDiverged
-from nasdet.training import train_step
+from nasdet.methods.detnas.config import DetNASRunConfig
+from nasdet.training import config_fingerprint, train_step
 
 
 def _lrs(schedule: str, total: int, **kw: object) -> list[float]:
@@ -120,8 +121,15 @@ def test_resume_after_kill_is_bit_for_bit(digits_root: Path, tmp_path: Path, mon
     assert resumed.metrics == straight.metrics
 
 
-def test_resume_refuses_changed_config(digits_root: Path, tmp_path: Path) -> None:
-    train_step(parse_config(tiny_config(digits_root, epochs=1)), tmp_path)
+def test_resume_refuses_changed_config(
+    digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = train_step(parse_config(tiny_config(digits_root, epochs=1)), tmp_path)
+    # restarted by torchrun (--max-restarts), it resumes without --resume: nothing left to train
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    again = train_step(parse_config(tiny_config(digits_root, epochs=1)), tmp_path)
+    assert again.train_seconds == first.train_seconds and again.metrics == first.metrics
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
     with pytest.raises(CheckpointError, match="different settings"):
         train_step(parse_config(tiny_config(digits_root, epochs=1, lr=0.5)), tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -338,7 +346,23 @@ def test_resume_mid_epoch_is_bit_for_bit(tmp_path: Path) -> None:
     # the straight run's last 12 forwards
     assert resumed.model.seen == straight.model.seen[-2 * 6 :]
 
-    # a mid-epoch position means nothing to another number of processes: refused in one line
+    # another number of processes splits the data and lays the schedule out differently: refused
     torch.save({**ck, "world_size": 2}, path)
-    with pytest.raises(CheckpointError, match=r"mid-epoch by 2 process\(es\) at step 2 of 4"):
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\), this run has 1"):
         _trainer(tmp_path / "killed", checkpoint_every=3, **kw).fit(resume=True)
+    torch.save({**ck, "iters_per_epoch": 5}, path)
+    with pytest.raises(CheckpointError, match="after step 2 of an epoch of 5 steps"):
+        _trainer(tmp_path / "killed", checkpoint_every=3, **kw).fit(resume=True)
+
+
+def test_fingerprint_leaves_out_steps_and_checkpoint_interval(digits_root: Path) -> None:
+    """A supernet step killed under ``torchrun ... --steps supernet_train`` resumes in a plain
+    run of the whole pipeline, and with another ``train.checkpoint_every``; other keys count."""
+    def fingerprint(pipeline: list[str] | None, **train: object) -> str:
+        raw = {**tiny_config(digits_root, **train), "method": "detnas", "pipeline": pipeline}
+        raw["model"] = tiny_supernet_model()
+        return config_fingerprint(parse_config(raw, schema=DetNASRunConfig))
+
+    torchrun = fingerprint(["supernet_train"], checkpoint_every=2)
+    assert fingerprint(None) == torchrun
+    assert fingerprint(None, lr=0.5) != torchrun

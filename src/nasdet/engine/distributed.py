@@ -84,6 +84,12 @@ def init_distributed(*, timeout_minutes: float = 60.0) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def restart_count() -> int:
+    """How many times torchrun (``--max-restarts``) has restarted this process's group: 0 in its
+    first attempt, and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def _attempt_store(world_size: int, timeout: timedelta) -> dist.Store | None:
     """The store a group restarted by torchrun on one node joins through: the agent's store
     under the prefix ``nasdet/attempt_<TORCHELASTIC_RESTART_COUNT>``; ``None`` (torch's own
@@ -98,7 +104,7 @@ def _attempt_store(world_size: int, timeout: timedelta) -> dist.Store | None:
     counts its own restarts), so there torch's join is kept and a warning says to launch with
     ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a new store per attempt).
     """
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    attempt = restart_count()
     shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     if not shared or not attempt:
         return None

@@ -271,8 +271,9 @@ class Trainer:
         return self.checkpoint_path
 
     def load_checkpoint(self) -> None:
-        """Restore the state saved by :meth:`save_checkpoint`; continue where it was written (a
-        checkpoint written mid-epoch needs as many processes as wrote it)."""
+        """Restore the state saved by :meth:`save_checkpoint`; continue where it was written.
+        Refused in one line: another fingerprint or number of epochs, or another number of
+        processes (the data split and the per-iteration schedule depend on it)."""
         path = self.checkpoint_path
         if not path.is_file():
             raise CheckpointError(f"{path}: no checkpoint to resume from — run without --resume")
@@ -282,16 +283,20 @@ class Trainer:
                 f"{path}: written with different settings than this run — resume with the same "
                 "config, or start fresh in another --out directory"
             )
-        epoch_step = int(ck.get("epoch_step", 0))  # absent in checkpoints from before it existed
+        # checkpoints from before these keys existed: written at an epoch's end, any world size
+        epoch_step = int(ck.get("epoch_step", 0))
         ranks = int(ck.get("world_size", self.dist.world_size))
-        if epoch_step and (ranks, ck.get("iters_per_epoch")) != (
-            self.dist.world_size,
-            self.iters_per_epoch,
-        ):
+        if ranks != self.dist.world_size:
             raise CheckpointError(
-                f"{path}: written mid-epoch by {ranks} process(es) at step {epoch_step} of "
-                f"{ck.get('iters_per_epoch')} — resume with as many processes (torchrun "
-                f"--nproc_per_node {ranks}; none: a plain run) and the same data and batch size"
+                f"{path}: written by {ranks} process(es), this run has {self.dist.world_size} "
+                f"— resume with as many (torchrun --nproc_per_node {ranks}; 1: a plain run): "
+                "the data split and the learning-rate schedule depend on it"
+            )
+        if epoch_step and ck.get("iters_per_epoch") != self.iters_per_epoch:
+            raise CheckpointError(
+                f"{path}: written after step {epoch_step} of an epoch of "
+                f"{ck.get('iters_per_epoch')} steps, this run's have {self.iters_per_epoch} — "
+                "resume with the same data and batch size"
             )
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
