@@ -22,19 +22,21 @@ from pathlib import Path
 @dataclass(frozen=True)
 class TorchrunResult:
     """``returncode`` of torchrun (``None``: killed at the timeout); ``launcher``: torchrun's own
-    stdout and stderr; ``stdout[r]`` / ``stderr[r]``: what local rank ``r`` wrote."""
+    stdout and stderr; ``stdout[r]`` / ``stderr[r]``: what local rank ``r`` wrote in the last
+    attempt; ``attempts``: how many times torchrun started the group (1 + its restarts)."""
 
     command: list[str]
     returncode: int | None
     launcher: str
     stdout: list[str]
     stderr: list[str]
+    attempts: int = 1
 
     def report(self) -> str:
         """Everything, for an assertion message: each rank's stderr and stdout, then the
         launcher's output."""
         status = "timed out" if self.returncode is None else f"exited with {self.returncode}"
-        parts = [f"torchrun {status}: {' '.join(self.command)}"]
+        parts = [f"torchrun {status} after {self.attempts} attempt(s): {' '.join(self.command)}"]
         if not self.stderr:
             parts.append("(no rank wrote a log file: torchrun failed before starting them)")
         for rank, (out, err) in enumerate(zip(self.stdout, self.stderr, strict=True)):
@@ -51,14 +53,15 @@ def run_torchrun(
     nproc: int = 2,
     timeout: float = 300,
     env: Mapping[str, str] | None = None,
+    max_restarts: int = 0,
 ) -> TorchrunResult:
-    """``torchrun --standalone --nproc_per_node NPROC ARGS`` with ``OMP_NUM_THREADS=1``; each
-    rank's output is kept in a new folder under ``log_dir``. At the timeout torchrun and its
-    ranks are stopped (the result's ``returncode`` is then ``None``)."""
+    """``torchrun --standalone --nproc_per_node NPROC --max-restarts MAX_RESTARTS ARGS`` with
+    ``OMP_NUM_THREADS=1``; each rank's output is kept in a new folder under ``log_dir``. At the
+    timeout torchrun and its ranks are stopped (the result's ``returncode`` is then ``None``)."""
     logs = Path(tempfile.mkdtemp(prefix="torchrun-", dir=log_dir))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(nproc), "--log-dir", str(logs), "--redirects", "3",
-               *args]  # fmt: skip
+               "--nproc_per_node", str(nproc), "--max-restarts", str(max_restarts),
+               "--log-dir", str(logs), "--redirects", "3", *args]  # fmt: skip
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
         command,
@@ -72,7 +75,8 @@ def run_torchrun(
         returncode: int | None = proc.returncode
     except subprocess.TimeoutExpired:
         launcher, returncode = _stop(proc), None
-    return TorchrunResult(command, returncode, launcher, *_rank_logs(logs, nproc))
+    attempts = len(list(logs.glob("*/attempt_*")))
+    return TorchrunResult(command, returncode, launcher, *_rank_logs(logs, nproc), attempts)
 
 
 def _stop(proc: subprocess.Popen) -> str:

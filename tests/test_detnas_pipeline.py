@@ -24,6 +24,8 @@ from nasdet.methods.detnas.scoring import load_supernet
 from nasdet.methods.detnas.space import ShuffleNetCode
 from nasdet.search.records import RecordStore
 
+LOSE_RANK = Path(__file__).with_name("_lose_rank.py")
+
 
 @pytest.fixture(scope="module")
 def cls_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -235,23 +237,102 @@ def test_detnas_config_errors(digits_root: Path, cls_root: Path, tmp_path: Path)
         load_run_config(_write(tmp_path, cfg))
 
 
-def test_supernet_train_under_torchrun(digits_root: Path, cls_root: Path, tmp_path: Path) -> None:
+def ddp_config(digits_root: Path, cls_root: Path) -> dict:
+    """``detnas_config`` for the torchrun tests: supernet_train for 2 epochs of 3 steps per
+    process (batches of 4), with a checkpoint every 2 steps (in both epochs' middle)."""
+    cfg = detnas_config(digits_root, cls_root)
+    cfg["supernet_train"] = {"epochs": 2}
+    cfg["train"].update(batch_size=4, checkpoint_every=2)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ddp_supernet(
+    digits_root: Path, cls_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The config and the run directory of an undisturbed ``torchrun --nproc_per_node 2 -m nasdet
+    run ... --steps supernet_train`` (gloo)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    path, out = _write(tmp, ddp_config(digits_root, cls_root)), tmp / "run"
+    proc = run_torchrun(["-m", "nasdet", *_supernet_args(path, out)], tmp)
+    assert proc.returncode == 0, proc.report()  # every rank's own output in full
+    return path, out
+
+
+def _supernet_args(path: Path, out: Path) -> list[str]:
+    return ["-q", "run", str(path), "--out", str(out), "--steps", "supernet_train"]
+
+
+def test_supernet_train_under_torchrun(ddp_supernet: tuple[Path, Path], tmp_path: Path) -> None:
     """DDP with 2 CPU processes (gloo): the supernet step runs and writes one supernet; the
     other steps are refused under torchrun with one line."""
-    cfg = detnas_config(digits_root, cls_root)
-    path = _write(tmp_path, cfg)
-    out = tmp_path / "run"
-    args = ["-m", "nasdet", "-q", "run", str(path), "--out", str(out)]
-    refused = run_torchrun(args, tmp_path)
+    path, out = ddp_supernet
+    all_steps = ["-m", "nasdet", "-q", "run", str(path), "--out", str(tmp_path / "all")]
+    refused = run_torchrun(all_steps, tmp_path)
     assert refused.returncode not in (0, None), refused.report()
     assert any("--steps supernet_train" in err for err in refused.stderr), refused.report()
-    proc = run_torchrun([*args, "--steps", "supernet_train"], tmp_path)
-    assert proc.returncode == 0, proc.report()  # every rank's own output in full
     store = RecordStore(out / "records.sqlite")
     assert [r.status for r in store.records("supernet_train")] == ["done"]
     supernet = nasdet.load_model(out / "output" / "supernet_train" / "supernet.pth")
     assert type(supernet.backbone.body).__name__ == "ShuffleNetV2Supernet"
     checkpoint = torch.load(out / "output" / "supernet_train" / "checkpoint.pt", weights_only=True)
-    assert checkpoint["epoch"] == 1 and not any(
-        k.startswith("module.") for k in checkpoint["model"]
+    assert (checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["step"]) == (2, 0, 6)
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng_per_rank"]) == 2
+    assert not any(k.startswith("module.") for k in checkpoint["model"])
+
+
+def test_torchrun_restarts_a_lost_rank_to_the_same_weights(
+    ddp_supernet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``torchrun --max-restarts 1``: in the first attempt rank 1 SIGKILLs itself before step 5
+    (global, from 0: epoch 2's last step), after the checkpoint of step 3 (in epoch 2 after its
+    step 1) and step 4 trained past it. torchrun stops rank 0 and starts both again; they resume
+    from that checkpoint, skip the epoch's first batch, train steps 4 and 5 again, and end with
+    exactly the undisturbed run's weights, optimizer state, RNG states and losses.
+
+    Exact (``torch.equal``), not close: on the CPU every operation is deterministic, the data
+    order and the paths depend only on (seed, epoch, rank, step), each rank's RNG state is
+    restored, and DDP's all-reduce of 2 ranks adds two numbers (the same sum in either order,
+    whatever buckets the restarted DDP builds)."""
+    path, straight = ddp_supernet
+    out, mark = tmp_path / "run", tmp_path / "lost"
+    lose = [str(LOSE_RANK), "1", "5", str(mark)]
+    proc = run_torchrun([*lose, *_supernet_args(path, out)], tmp_path, max_restarts=1)
+    assert proc.returncode == 0, proc.report()
+    assert mark.read_text() == "rank 1 killed itself at step 5\n", proc.report()
+    assert proc.attempts == 2, proc.report()
+    step_dir = out / "output" / "supernet_train"
+    log = (out / "nasdet.log").read_text()
+    assert "attempt 1 joins under its own store prefix" in log
+    assert f"resuming {step_dir / 'checkpoint.pt'}: in epoch 2 after step 1 of 3" in log
+
+    ca, cb = (
+        torch.load(run / "output" / "supernet_train" / "checkpoint.pt", weights_only=True)
+        for run in (straight, out)
     )
+    a, b = _tensors(ca), _tensors(cb)
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert [e["loss"] for e in ca["history"]] == [e["loss"] for e in cb["history"]]
+    ma, mb = (
+        nasdet.load_model(run / "output" / "supernet_train" / "supernet.pth").state_dict()
+        for run in (straight, out)
+    )
+    assert [k for k in ma if not torch.equal(ma[k], mb[k])] == []
+    la, lb = (
+        [r.metrics["train_loss"] for r in RecordStore(run / "records.sqlite").records()]
+        for run in (straight, out)
+    )
+    assert la == lb
+
+
+def _tensors(obj: object, key: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested checkpoint, by its path of keys."""
+    if isinstance(obj, torch.Tensor):
+        return {key: obj}
+    if isinstance(obj, dict):
+        items = list(obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = list(enumerate(obj))
+    else:
+        return {}
+    return {p: t for k, v in items for p, t in _tensors(v, f"{key}/{k}").items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_supernet_model
 from ddp_worker import Points, TwoBranch
 from torch import nn
 from torch.utils.data import Subset
@@ -16,7 +16,8 @@ import nasdet
 from nasdet.config import parse_config
 from nasdet.engine.train import Trainer, make_scheduler, unwrap
 from nasdet.errors import CheckpointError, TrainingDiverged
-from nasdet.training import train_step
+from nasdet.methods.detnas.config import DetNASRunConfig
+from nasdet.training import config_fingerprint, train_step
 
 
 def _lrs(schedule: str, total: int, **kw: object) -> list[float]:
@@ -120,8 +121,15 @@ def test_resume_after_kill_is_bit_for_bit(digits_root: Path, tmp_path: Path, mon
     assert resumed.metrics == straight.metrics
 
 
-def test_resume_refuses_changed_config(digits_root: Path, tmp_path: Path) -> None:
-    train_step(parse_config(tiny_config(digits_root, epochs=1)), tmp_path)
+def test_resume_refuses_changed_config(
+    digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = train_step(parse_config(tiny_config(digits_root, epochs=1)), tmp_path)
+    # restarted by torchrun (--max-restarts), it resumes without --resume: nothing left to train
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    again = train_step(parse_config(tiny_config(digits_root, epochs=1)), tmp_path)
+    assert again.train_seconds == first.train_seconds and again.metrics == first.metrics
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
     with pytest.raises(CheckpointError, match="different settings"):
         train_step(parse_config(tiny_config(digits_root, epochs=1, lr=0.5)), tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -303,3 +311,58 @@ def test_resume_with_step_hook_is_bit_for_bit(tmp_path: Path, monkeypatch) -> No
     a, b = _weights(straight.model), _weights(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in straight.history]
+
+
+class _Killed(Exception):
+    """Raised by ``before_step`` to stop a run at a step, as a kill would."""
+
+
+def test_resume_mid_epoch_is_bit_for_bit(tmp_path: Path) -> None:
+    """``checkpoint_every=3`` on 4 steps per epoch (the last batch short): checkpoints inside
+    both epochs; stopped at step 7 (global, from 0), the run resumes in epoch 2 after its step 2,
+    skipping the batches trained on, and ends as an uninterrupted run does. The global RNG draws
+    of the step hook continue from the checkpointed state."""
+    kw = {"size": 14, "epochs": 2, "step_hook": _random_paths, "forwards_per_step": 2}
+    straight = _trainer(tmp_path / "straight", checkpoint_every=3, **kw)
+    straight.fit()
+
+    def die_at_7(step: int) -> None:
+        if step == 7:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        _trainer(tmp_path / "killed", checkpoint_every=3, before_step=die_at_7, **kw).fit()
+    path = tmp_path / "killed" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    assert (ck["epoch"], ck["epoch_step"], ck["step"], ck["iters_per_epoch"]) == (1, 2, 6, 4)
+    assert [p["steps"] for p in ck["progress_per_rank"]] == [2]
+    resumed = _trainer(tmp_path / "killed", checkpoint_every=3, **kw)
+    resumed.fit(resume=True)
+
+    a, b = _weights(straight.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["loss"] for e in resumed.history] == [e["loss"] for e in straight.history]
+    # the resumed run trained steps 6 and 7 only (4 and 2 points, 2 forwards each): the points of
+    # the straight run's last 12 forwards
+    assert resumed.model.seen == straight.model.seen[-2 * 6 :]
+
+    # another number of processes splits the data and lays the schedule out differently: refused
+    torch.save({**ck, "world_size": 2}, path)
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\), this run has 1"):
+        _trainer(tmp_path / "killed", checkpoint_every=3, **kw).fit(resume=True)
+    torch.save({**ck, "iters_per_epoch": 5}, path)
+    with pytest.raises(CheckpointError, match="after step 2 of an epoch of 5 steps"):
+        _trainer(tmp_path / "killed", checkpoint_every=3, **kw).fit(resume=True)
+
+
+def test_fingerprint_leaves_out_steps_and_checkpoint_interval(digits_root: Path) -> None:
+    """A supernet step killed under ``torchrun ... --steps supernet_train`` resumes in a plain
+    run of the whole pipeline, and with another ``train.checkpoint_every``; other keys count."""
+    def fingerprint(pipeline: list[str] | None, **train: object) -> str:
+        raw = {**tiny_config(digits_root, **train), "method": "detnas", "pipeline": pipeline}
+        raw["model"] = tiny_supernet_model()
+        return config_fingerprint(parse_config(raw, schema=DetNASRunConfig))
+
+    torchrun = fingerprint(["supernet_train"], checkpoint_every=2)
+    assert fingerprint(None) == torchrun
+    assert fingerprint(None, lr=0.5) != torchrun

@@ -263,6 +263,7 @@ def make_trainer(
         step_hook=step_hook,
         forwards_per_step=forwards_per_step,
         find_unused_parameters=find_unused_parameters,
+        checkpoint_every=t.checkpoint_every,
     )
 
 

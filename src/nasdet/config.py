@@ -321,6 +321,12 @@ class TrainConfig(Strict):
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = Field(0, ge=0, description="evaluate every N epochs (0: only at the end)")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="also checkpoint every N optimizer steps inside an epoch (0: after each "
+        "epoch only); a kill then loses at most N steps",
+    )
     tensorboard: bool = True
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ VOLATILE_KEYS = (
     "pipeline",
     "data.num_workers",
     "train.tensorboard",
+    "train.checkpoint_every",
     "train.device",
     "eval.batch_size",
     "eval.backend",

@@ -19,7 +19,7 @@ from nasdet.atomic import write_json_atomic
 from nasdet.build import build_datasets, build_detector, make_trainer
 from nasdet.config import Config
 from nasdet.cost import count_params
-from nasdet.engine.distributed import current
+from nasdet.engine.distributed import current, restart_count
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
 from nasdet.models.io import load_state_dict_checked, read_weights, save_model
@@ -39,8 +39,18 @@ class TrainResult:
 
 
 def config_fingerprint(cfg: Config) -> str:
-    """A stable text of the settings that determine a training run (for resume checks)."""
-    dump = cfg.model_dump(mode="json", exclude={"eval": True, "train": {"tensorboard"}})
+    """A stable text of the settings that determine a training run (for resume checks). Not
+    among them: how often checkpoints are written, and a run config's ``pipeline`` (the steps a
+    command runs: a step killed under ``torchrun ... --steps supernet_train`` resumes in a plain
+    ``nasdet run`` of the whole pipeline)."""
+    dump = cfg.model_dump(
+        mode="json",
+        exclude={
+            "eval": True,
+            "train": {"tensorboard", "checkpoint_every"},
+            "pipeline": True,
+        },
+    )
     return json.dumps(dump, sort_keys=True)
 
 
@@ -56,7 +66,9 @@ def train_step(
 
     ``init_weights`` (optional): a state dict file of the whole detector to start from (loaded
     with ``weights_only=True``; every key must match). ``backbone_lr`` (optional): the backbone
-    body's learning rate (0 freezes it), the rest at ``train.lr``."""
+    body's learning rate (0 freezes it), the rest at ``train.lr``. In a group that torchrun
+    restarted (``--max-restarts``) training resumes from ``out_dir``'s checkpoint when there is
+    one, ``resume`` or not."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = current().is_main  # under torchrun, rank 0 evaluates and writes the files
@@ -86,8 +98,9 @@ def train_step(
         fingerprint=config_fingerprint(cfg) + extra,
         backbone_lr=backbone_lr,
     )
+    restarted = restart_count() > 0 and trainer.checkpoint_path.is_file()
     start = time.perf_counter()
-    history = trainer.fit(resume=resume)
+    history = trainer.fit(resume=resume or restarted)
     seconds = sum(e["seconds"] for e in history)
     log.info(
         "trained %d epochs in %.1f s (wall %.1f s this run)",
