@@ -108,10 +108,10 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
 
     Payload keys: ``config`` (a :class:`~nasdet.config.Config` dump: data, train, eval, seed),
     ``architecture`` (the candidate's ``model`` section), ``parent_weights`` (a nasdet model
-    file or None), ``out`` (model file to write), ``epochs``, ``freeze_inherited`` (bool),
-    ``lr_scale`` (multiplies train.lr). Returns ``metrics`` (COCO stats on the search split, or
-    val when there is none), ``cost``, ``weights_path``, ``inherited``, ``new`` and
-    ``train_seconds``.
+    file or None), ``out`` (model file to write), ``epochs`` (0: scored without training),
+    ``freeze_inherited`` (bool), ``lr_scale`` (multiplies train.lr). Returns ``metrics`` (COCO
+    stats on the search split, or val when there is none), ``cost``, ``weights_path``,
+    ``inherited``, ``new`` and ``train_seconds``.
     """
     cfg = TrainConfig.model_validate(payload["config"])
     arch = Model.model_validate(payload["architecture"])
@@ -126,14 +126,16 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
                 if name in transfer.inherited:
                     param.requires_grad_(False)
     out = Path(payload["out"])
-    seconds = train_model(
-        model,
-        data.train,
-        cfg,
-        epochs=int(payload["epochs"]),
-        work_dir=out.parent,
-        lr_scale=float(payload.get("lr_scale", 1.0)),
-    )
+    seconds = 0.0
+    if int(payload["epochs"]):  # 0: scored as it is (fine_tune's with_train: false)
+        seconds = train_model(
+            model,
+            data.train,
+            cfg,
+            epochs=int(payload["epochs"]),
+            work_dir=out.parent,
+            lr_scale=float(payload.get("lr_scale", 1.0)),
+        )
     device = resolve_device(cfg.train.device)
     scored_on = data.search if data.search is not None else data.val
     metrics = evaluate(
