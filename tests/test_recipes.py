@@ -4,10 +4,11 @@ the recipe's dataset layout (COCO or Pascal VOC: a few bundled digits images exp
 
 The shrinking keeps the recipe's network and step settings and changes only paths and what sizes
 the run: the input side (at most 128 px), the data (8 training images, half of them held out for
-the search where the recipe holds some out; batch 2: 2 iterations an epoch), epochs (1), the
-search budget, the device (CPU), and the files a recipe starts from (a classification set: 10
-digits of 32 px per split; torchvision's R50-FPN COCO checkpoint: random values in its exact
-key structure). What changes per method is in :data:`SHRINK`."""
+the search where the recipe holds some out; batch 2: 2 iterations an epoch; for the COCO Faster
+R-CNN recipes 64 px, 4 images, batch 1), epochs (1), the search budget, the device (CPU), and
+the files a recipe starts from (a classification set: 10 digits of 32 px per split;
+torchvision's R50-FPN COCO checkpoint: random values in its exact key structure). What changes
+per method is in :data:`SHRINK`."""
 
 from __future__ import annotations
 
@@ -252,3 +253,27 @@ def test_recipe_parses_builds_and_runs(path: Path, tmp_path: Path) -> None:
     shrunk = load_run_config(small)
     for step in shrunk.steps:
         assert store.records(step, status="done"), f"{path.name}: step {step} left no record"
+
+
+def test_coco_checkpoint_keeps_the_rows_of_the_data_categories() -> None:
+    """The SP-NAS recipe's start keeps its trained head: torchvision's 91 COCO slots are cut down
+    to a COCO set's categories by id (label i + 1 <- category cat_ids[i]; background stays 0)."""
+    from types import SimpleNamespace
+
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    from nasdet.methods.spnas.convert import keep_coco_classes
+
+    torch.manual_seed(0)
+    full = FastRCNNPredictor(16, 91)
+    model = SimpleNamespace(roi_heads=SimpleNamespace(box_predictor=full))
+    assert keep_coco_classes(model, [1, 3, 90])  # type: ignore[arg-type]
+    cut = model.roi_heads.box_predictor
+    assert cut.cls_score.out_features == 4 and cut.bbox_pred.out_features == 16
+    for label, slot in enumerate([0, 1, 3, 90]):
+        assert torch.equal(cut.cls_score.weight[label], full.cls_score.weight[slot])
+        assert torch.equal(cut.bbox_pred.bias[4 * label : 4 * label + 4],
+                           full.bbox_pred.bias[4 * slot : 4 * slot + 4])  # fmt: skip
+    assert not keep_coco_classes(model, [1, 3])  # no longer torchvision's 91-slot layout
+    other = SimpleNamespace(roi_heads=SimpleNamespace(box_predictor=FastRCNNPredictor(16, 91)))
+    assert not keep_coco_classes(other, [1, 91])  # type: ignore[arg-type]  # 91 has no slot
