@@ -37,7 +37,7 @@ from nasdet.engine.distributed import current as dist_current
 from nasdet.engine.train import resolve_device
 from nasdet.errors import ConfigError
 from nasdet.method import MethodResult
-from nasdet.methods.detnas.config import DetNASRunConfig, TrainConfig
+from nasdet.methods.detnas.config import DetNASRunConfig, SupernetPretrain, TrainConfig
 from nasdet.methods.detnas.scoring import (
     SubnetCost,
     load_model,
@@ -322,12 +322,14 @@ def _train_subnet(
         if not weights.is_file():
             torch.manual_seed(cfg.seed)  # the initial weights, as in supernet_pretrain
             body = build_backbone(arch.backbone, load_weights=False)
+            pre = cfg.supernet_pretrain or SupernetPretrain()  # its lr, batch and input size
             acc = pretrain_backbone(
                 body,
-                _classification_root(
-                    cfg, cfg.supernet_pretrain and cfg.supernet_pretrain.data, out
-                ),
+                _classification_root(cfg, pre.data, out),
                 epochs=step.pretrain_epochs,
+                batch_size=pre.batch_size,
+                lr=pre.lr,
+                image_size=pre.image_size,
                 device=resolve_device(cfg.train.device),
                 seed=cfg.seed,
             )

@@ -108,11 +108,11 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
 
     Payload keys: ``config`` (a :class:`~nasdet.config.Config` dump: data, train, eval, seed),
     ``architecture`` (the candidate's ``model`` section), ``parent_weights`` (a nasdet model
-    file or None), ``out`` (model file to write), ``epochs``, ``freeze_inherited`` (bool),
-    ``lr_scale`` (multiplies train.lr). Returns ``metrics`` (COCO stats on the search split, or
-    val when there is none), ``cost``, ``weights_path``, ``inherited``, ``new``,
-    ``train_seconds`` and ``history`` (per epoch: ``loss``, ``lr``, ``seconds``,
-    ``images_per_s``).
+    file or None), ``out`` (model file to write), ``epochs`` (0: scored without training),
+    ``freeze_inherited`` (bool), ``lr_scale`` (multiplies train.lr). Returns ``metrics`` (COCO
+    stats on the search split, or val when there is none), ``cost``, ``weights_path``,
+    ``inherited``, ``new``, ``train_seconds`` and ``history`` (per epoch: ``loss``, ``lr``,
+    ``seconds``, ``images_per_s``; empty when not trained).
     """
     cfg = TrainConfig.model_validate(payload["config"])
     arch = Model.model_validate(payload["architecture"])
@@ -127,14 +127,16 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
                 if name in transfer.inherited:
                     param.requires_grad_(False)
     out = Path(payload["out"])
-    seconds, history = train_model(
-        model,
-        data.train,
-        cfg,
-        epochs=int(payload["epochs"]),
-        work_dir=out.parent,
-        lr_scale=float(payload.get("lr_scale", 1.0)),
-    )
+    seconds, history = 0.0, []
+    if int(payload["epochs"]):  # 0: scored as it is (fine_tune's with_train: false)
+        seconds, history = train_model(
+            model,
+            data.train,
+            cfg,
+            epochs=int(payload["epochs"]),
+            work_dir=out.parent,
+            lr_scale=float(payload.get("lr_scale", 1.0)),
+        )
     device = resolve_device(cfg.train.device)
     scored_on = data.search if data.search is not None else data.val
     metrics = evaluate(

@@ -123,6 +123,9 @@ class TrainerSection(Strict):
     type: Literal["Trainer"] = "Trainer"
     callbacks: str | list[str] | None = None
     epochs: int | None = Field(None, ge=1, description="epochs of this step (default: search's)")
+    with_train: bool = Field(
+        True, description="fine_tune: false scores the start as imported, without training"
+    )
 
 
 class Step(Strict):
@@ -151,6 +154,9 @@ class SearchSettings(ExecutorSettings):
         None, description="ImageFolder root for reignition (digits: generated when missing)"
     )
     reignition_epochs: int = Field(3, ge=1)
+    reignition_lr: float = Field(0.05, gt=0.0, description="SGD lr of the classification training")
+    reignition_batch_size: int = Field(64, ge=1)
+    reignition_image_size: int = Field(32, ge=8, description="classification input side, px")
     max_reignite: int = Field(2, ge=0, le=2, description="SP-NAS reignites at most twice")
     fully_train_epochs: int | None = Field(None, ge=1, description="default: train.epochs")
     fully_train_baseline: bool = Field(
@@ -279,6 +285,8 @@ def _ignored_in_step(name: str, step: Step) -> list[tuple[str, str]]:
     if name != "fine_tune" and model.pretrained_model_file:
         why = "steps start from the previous step's records (models_folder: from another run)"
         out.append((f"{name}.model.pretrained_model_file", why))
+    if name != "fine_tune" and not step.trainer.with_train:
+        out.append((f"{name}.trainer.with_train", "only fine_tune can skip its training"))
     if name == "fine_tune" and step.models_folder:
         out.append(("fine_tune.models_folder", "fine_tune trains the start architecture"))
     space = step.search_space

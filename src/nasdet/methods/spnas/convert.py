@@ -16,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
 from nasdet.build import build_detector
 from nasdet.cost import count_params
@@ -181,6 +183,30 @@ def coco_categories(num_classes: int) -> tuple[list[str], list[int]]:
     else:
         names = [f"class_{i}" for i in range(1, num_classes)]
     return names, list(range(1, num_classes))
+
+
+def keep_coco_classes(model: FasterRCNN, cat_ids: Sequence[int]) -> bool:
+    """Cut torchvision's COCO box predictor (91 outputs, label = COCO category id) in place down
+    to a COCO set's classes: nasdet's label ``i + 1`` takes the rows of category ``cat_ids[i]``
+    (class score and its 4 box deltas). False (model unchanged) when the predictor is not
+    torchvision's COCO layout or an id has no slot in it."""
+    predictor = model.roi_heads.box_predictor
+    if predictor.cls_score.out_features != COCO_NUM_CLASSES or not all(
+        0 < c < COCO_NUM_CLASSES for c in cat_ids
+    ):
+        return False
+    rows = [0, *cat_ids]
+    box_rows = [4 * r + k for r in rows for k in range(4)]
+    cut = FastRCNNPredictor(predictor.cls_score.in_features, len(rows))
+    with torch.no_grad():
+        for new, old, idx in (
+            (cut.cls_score, predictor.cls_score, rows),
+            (cut.bbox_pred, predictor.bbox_pred, box_rows),
+        ):
+            new.weight.copy_(old.weight[idx])
+            new.bias.copy_(old.bias[idx])
+    model.roi_heads.box_predictor = cut
+    return True
 
 
 def convert_command(

@@ -74,12 +74,12 @@ def fine_tune(
     pretrained = substitute(step.model.pretrained_model_file, out)
     if pretrained is not None:
         parent = step_dir / "pretrained.pth"
-        _import_pretrained(pretrained, step.model.model_desc.convert_pretrained, parent)
+        _import_pretrained(pretrained, step.model.model_desc.convert_pretrained, parent, cfg)
     payload = {
         "config": base_config(cfg),
         "architecture": arch.model_dump(mode="json"),
         "parent_weights": str(parent) if parent else None,
-        "epochs": step.trainer.epochs or cfg.train.epochs,
+        "epochs": (step.trainer.epochs or cfg.train.epochs) if step.trainer.with_train else 0,
     }
     rec = _run_single(
         store,
@@ -94,16 +94,24 @@ def fine_tune(
     return rec
 
 
-def _import_pretrained(path: Path, convert: bool, dest: Path) -> None:
+def _import_pretrained(path: Path, convert: bool, dest: Path, cfg: SpNasRunConfig) -> None:
     """A user's checkpoint as a nasdet model file at ``dest`` (converted from torchvision's
-    ``fasterrcnn_resnet50_fpn`` when ``convert``)."""
+    ``fasterrcnn_resnet50_fpn`` when ``convert``; on COCO data its 91-slot box predictor is cut
+    down to the data's categories by id, so the start keeps its trained head)."""
     if dest.is_file():
         return
     if convert:
-        from nasdet.methods.spnas.convert import coco_categories
+        from nasdet.methods.spnas.convert import coco_categories, keep_coco_classes
 
         model, arch = convert_torchvision_fasterrcnn(path)
         names, ids = coco_categories(model.roi_heads.box_predictor.cls_score.out_features)
+        if cfg.data.format == "coco":
+            cats = sorted(json.loads(Path(cfg.data.train_ann).read_text())["categories"],
+                          key=lambda c: c["id"])  # fmt: skip
+            if keep_coco_classes(model, [c["id"] for c in cats]):
+                names, ids = [str(c["name"]) for c in cats], [c["id"] for c in cats]
+                log.info("fine_tune: the box predictor keeps the rows of the data's %d "
+                         "categories", len(ids))  # fmt: skip
         save_model(dest, model, architecture=arch, categories=names, cat_ids=ids)
     else:
         load_model(path)  # fails with a one-line message if it is not a model file
@@ -176,6 +184,9 @@ def reignition(
             model.backbone.body,
             data_root,
             epochs=cfg.search.reignition_epochs,
+            batch_size=cfg.search.reignition_batch_size,
+            lr=cfg.search.reignition_lr,
+            image_size=cfg.search.reignition_image_size,
             device=resolve_device(cfg.train.device),
             seed=cfg.seed,
         )
