@@ -461,3 +461,16 @@ def test_ray_dead_actor_is_replaced_and_setup_errors_raise(ray_local: Any, tmp_p
     with RayActorExecutor(1, setup=setup_actor, setup_payload={"fail": True}) as executor:
         with pytest.raises(WorkFailed, match="setup of actor 0 failed: ValueError: asked to fail"):
             list(executor.run(actor_task, [Task(1, {})]))
+
+
+def test_each_scored_candidate_is_a_tensorboard_run_with_hparams(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    result = search(RecordStore(tmp_path / "store"), space=FirstGeneSpace(), tensorboard_dir=tb)
+    done = result.records
+    assert sorted(p.name for p in tb.iterdir()) == sorted(f"candidate_{r.id}" for r in done)
+    acc = EventAccumulator(str(tb / f"candidate_{done[0].id}"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("metrics/mAP")] == pytest.approx([done[0].metrics["mAP"]])
+    assert acc.PluginTagToContent("hparams")  # the HParams session of the candidate

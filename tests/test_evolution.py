@@ -324,7 +324,8 @@ def test_resume_scores_pending_candidates_a_changed_cost_no_longer_lists(tmp_pat
 
 
 def test_a_small_space_runs_out_of_new_genotypes_without_hanging(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path)
+    store = RecordStore(tmp_path / "store")
+    tb = tmp_path / "tb"  # and each scored candidate is one TensorBoard run
     space = BitSpace(n=3)  # 8 genotypes
     settings = EvolutionSettings(
         num_candidates=4, top_k=2, num_mutation=2, num_crossover=1, max_epochs=5, max_tries=30
@@ -339,8 +340,10 @@ def test_a_small_space_runs_out_of_new_genotypes_without_hanging(tmp_path: Path)
         score=lambda p: {"metrics": {"mAP": p["genotype"].count("1") / 3}},
         executor=InProcessExecutor(),
         settings=settings,
+        tensorboard_dir=tb,
     )
     assert sorted(r.genotype for r in done) == sorted(f"{i:03b}" for i in range(8))
+    assert sorted(p.name for p in tb.iterdir()) == sorted(f"candidate_{r.id}" for r in done)
     assert done[0].genotype == "111"
     assert space.calls["sample"] + space.calls["mutate"] <= settings.max_tries * settings.max_epochs
 
@@ -360,3 +363,4 @@ def test_a_score_key_the_score_does_not_return_is_a_config_error(tmp_path: Path)
 def test_settings_are_checked(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="evolution: "):
         EvolutionSettings(**bad)
+

@@ -40,6 +40,7 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from nasdet.errors import ConfigError
@@ -48,6 +49,7 @@ from nasdet.search.actors import ActorExecutor
 from nasdet.search.driver import record_failure, work_failed
 from nasdet.search.evolution import best_score, top_records
 from nasdet.search.executors import Executor, Outcome, Task
+from nasdet.search.hparams import log_candidate
 from nasdet.search.predictor import AccuracyPredictor
 from nasdet.search.progress import CandidateProgress
 from nasdet.search.records import Record, RecordStore
@@ -160,6 +162,7 @@ def async_evolution_search(
     settings: AsyncEvolutionSettings,
     constraints_text: str = "",
     predictor: AccuracyPredictor | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> AsyncEvolutionResult:
     """Run (or resume) the steady-state evolution of ``step``.
 
@@ -182,6 +185,8 @@ def async_evolution_search(
         settings: population, ratios, budget, tries, score key and seed.
         constraints_text: the constraints as the user wrote them, for error messages.
         predictor: screens children (off when ``None``).
+        tensorboard_dir: where each scored candidate becomes a TensorBoard run with its HParams
+            entry (:func:`nasdet.search.hparams.log_candidate`); ``None``: none are written.
 
     Raises:
         InfeasibleConstraints: the first proposal found no feasible genotype in ``max_tries``.
@@ -220,7 +225,7 @@ def async_evolution_search(
     try:
         for outcome in run:
             outcomes.append(outcome)
-            if not _commit(store, step, outcome, settings.score_key):
+            if not _commit(store, step, outcome, settings.score_key, tensorboard_dir):
                 failed.append(outcome.record_id)
             progress.finished(best_score(store, step, settings.score_key))
     finally:
@@ -236,7 +241,9 @@ def async_evolution_search(
     return AsyncEvolutionResult(top_records(store, step, None, settings.score_key), summary)
 
 
-def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> bool:
+def _commit(
+    store: RecordStore, step: str, outcome: Outcome, score_key: str, tensorboard_dir: Path | None
+) -> bool:
     """Commit one outcome; ``False`` if the candidate failed."""
     rid = outcome.record_id
     if not outcome.ok:
@@ -265,6 +272,8 @@ def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> 
             f"function returned ({', '.join(sorted(rec.metrics)) or 'none'}); set score_key to "
             "one of them"
         )
+    if tensorboard_dir is not None:
+        log_candidate(tensorboard_dir, rec)  # its HParams entry
     log.info("%s #%d %s done: %s %.4f", step, rid, rec.genotype, score_key, rec.metrics[score_key])
     return True
 

@@ -37,6 +37,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from nasdet.errors import ConfigError
@@ -49,6 +50,7 @@ from nasdet.search._evolution_proposals import (
 )
 from nasdet.search.driver import record_failure, work_failed
 from nasdet.search.executors import Executor, Outcome, Task
+from nasdet.search.hparams import log_candidate
 from nasdet.search.progress import CandidateProgress
 from nasdet.search.records import Record, RecordStore
 
@@ -162,6 +164,7 @@ def evolution_search(
     settings: EvolutionSettings,
     seed: int = 0,
     constraints_text: str = "",
+    tensorboard_dir: Path | None = None,
 ) -> list[Record]:
     """Run (or resume) the evolution of ``step``; return every done record, best score first.
 
@@ -180,6 +183,8 @@ def evolution_search(
         settings: population sizes, probabilities, generations, tries and the score key.
         seed: generation ``g`` draws from ``random.Random(seed * 1_000_003 + g)``.
         constraints_text: the constraints as the user wrote them, for error messages.
+        tensorboard_dir: where each scored candidate becomes a TensorBoard run with its HParams
+            entry (:func:`nasdet.search.hparams.log_candidate`); ``None``: none are written.
 
     Raises:
         InfeasibleConstraints: generation 0 found no feasible genotype in ``max_tries``.
@@ -215,7 +220,9 @@ def evolution_search(
         todo, finished = _record_candidates(store, step, gen, proposals.candidates)
         todo += _orphans(space, step, gen, stored, proposals.candidates)
         if todo:
-            _score_generation(store, step, gen, todo, payload, score, executor, key)
+            _score_generation(
+                store, step, gen, todo, payload, score, executor, key, tensorboard_dir
+            )
         scores = [score_of(r, key) for r in top_records(store, step, settings.top_k, key)]
         origins = Counter(c.origin for c in proposals.candidates)
         log.info(
@@ -313,6 +320,7 @@ def _score_generation(
     score: Callable[[dict[str, Any]], dict[str, Any]],
     executor: Executor,
     score_key: str,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Score the pending candidates in one executor run, committing each outcome as it comes."""
 
@@ -325,7 +333,7 @@ def _score_generation(
     progress = CandidateProgress(f"{step} generation {gen}", len(todo))
     try:
         for outcome in outcomes:
-            _commit(store, step, outcome, score_key)
+            _commit(store, step, outcome, score_key, tensorboard_dir)
             progress.finished(best_score(store, step, score_key))
     finally:
         progress.close()
@@ -334,7 +342,9 @@ def _score_generation(
             close()
 
 
-def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> None:
+def _commit(
+    store: RecordStore, step: str, outcome: Outcome, score_key: str, tensorboard_dir: Path | None
+) -> None:
     rid = outcome.record_id
     if not outcome.ok:
         record_failure(store, step, outcome)
@@ -355,4 +365,6 @@ def _commit(store: RecordStore, step: str, outcome: Outcome, score_key: str) -> 
             f"evolution: score_key {score_key!r} is not among the metrics the score function "
             f"returned ({', '.join(sorted(rec.metrics)) or 'none'}); set score_key to one of them"
         )
+    if tensorboard_dir is not None:
+        log_candidate(tensorboard_dir, rec)  # its HParams entry
     log.info("%s #%d %s done: %s %.4f", step, rid, rec.genotype, score_key, rec.metrics[score_key])

@@ -211,6 +211,7 @@ def evolution(
         settings=settings,
         seed=cfg.seed,
         constraints_text=describe(c),
+        tensorboard_dir=out / "output" / "evolution_search" / "tensorboard",
     )
     if not records:
         raise ConfigError("evolution_search: no candidate could be scored — see the log")

@@ -134,6 +134,7 @@ def search(cfg: OFARunConfig, store: RecordStore, out: Path, supernet_path: Path
             settings=settings,
             constraints_text=describe(c),
             predictor=predictor,
+            tensorboard_dir=out / "output" / "search" / "tensorboard",
         )
     records = result.records
     if not records:
