@@ -182,8 +182,9 @@ def test_cli_exit_codes_version_and_log(
 
 def test_the_primary_metric_is_the_configs_not_map(digits_root: Path, tmp_path: Path) -> None:
     """No step assumes mAP: the winner is chosen by the first maximised objective."""
-    from nasdet.methods.spnas.steps import _best, _objectives
+    from nasdet.methods.spnas.steps import _objectives
     from nasdet.search.records import Record
+    from nasdet.search.selection import Selection, select
 
     raw = _spnas(digits_root)
     raw["serial"]["search_algorithm"]["objective_keys"] = ["params", "AP50"]
@@ -208,7 +209,8 @@ def test_the_primary_metric_is_the_configs_not_map(digits_root: Path, tmp_path: 
             {},
         )
 
-    assert _best([rec(1, 0.9, 0.1), rec(2, 0.5, 0.6)], cfg.primary_metric).id == 1
+    best = Selection(rule="best")
+    assert select([rec(1, 0.9, 0.1), rec(2, 0.5, 0.6)], _objectives(cfg), best).record.id == 1
     det = {
         "method": "detnas",
         "model": {"backbone": {"name": "shufflenet_supernet", "width_mult": 0.25}},

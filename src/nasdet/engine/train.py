@@ -358,9 +358,12 @@ class Trainer:
                 writer.close()
         return self.history
 
-    def _train_epoch(self, epoch: int, writer: Any, progress: EpochProgress) -> dict[str, Any]:
+    def _train_epoch(
+        self, epoch: int, writer: Any, progress: EpochProgress | None = None
+    ) -> dict[str, Any]:
         """Train epoch ``epoch`` (0-based) from ``progress`` (resumed mid-epoch: its first
-        ``progress.steps`` batches are skipped); its history entry."""
+        ``progress.steps`` batches are skipped; ``None``: from its start); its history entry."""
+        progress = progress if progress is not None else EpochProgress()
         self.model.train()
         # Distributed, the sampler orders the data; the generator then only seeds the workers.
         self.generator.manual_seed(self.seed * 100_003 + epoch + self.dist.rank * 1_000_003)

@@ -111,8 +111,8 @@ def evaluate_candidate(payload: dict[str, Any]) -> dict[str, Any]:
     file or None), ``out`` (model file to write), ``epochs`` (0: scored without training),
     ``freeze_inherited`` (bool), ``lr_scale`` (multiplies train.lr). Returns ``metrics`` (COCO
     stats on the search split, or val when there is none), ``cost``, ``weights_path``,
-    ``inherited``, ``new``, ``train_seconds`` and ``history`` (per epoch: ``loss``, ``lr``,
-    ``seconds``, ``images_per_s``; empty when not trained).
+    ``inherited``, ``new``, ``train_seconds`` and ``history`` (per epoch: ``loss``, ``lr``;
+    empty when not trained).
     """
     cfg = TrainConfig.model_validate(payload["config"])
     arch = Model.model_validate(payload["architecture"])
@@ -176,7 +176,9 @@ def train_model(
     lr_scale: float = 1.0,
 ) -> tuple[float, list[dict[str, float]]]:
     """Train ``model`` for ``epochs`` (cfg.train's optimizer and schedule); the seconds spent
-    and the per-epoch history (the trainer's numeric entries: ``loss``, ``lr``...).
+    and the per-epoch history: the trainer's numeric entries (``loss``, ``lr``...) except its
+    timings (``seconds``, ``images_per_s``), so that a record is the same whether or not its run
+    was killed and resumed.
 
     The per-epoch checkpoint lives in a private temporary folder under ``work_dir`` (several
     candidates may train at once) and is removed afterwards.
@@ -189,5 +191,8 @@ def train_model(
         start = time.perf_counter()
         history = trainer.fit()
         seconds = time.perf_counter() - start
-    numeric = (int, float)
-    return seconds, [{k: v for k, v in e.items() if isinstance(v, numeric)} for e in history]
+    numeric, timing = (int, float), ("seconds", "images_per_s")
+    return seconds, [
+        {k: v for k, v in e.items() if isinstance(v, numeric) and k not in timing}
+        for e in history
+    ]
