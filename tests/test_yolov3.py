@@ -174,3 +174,35 @@ def test_config_rejects_levels_and_fpn_keys_for_yolov3(digits_root: Path) -> Non
         build_detector(cfg, 11, load_weights=False)
     with pytest.raises(ConfigError, match="fpn_channels is for detector"):
         parse_config(_yolo_config(digits_root, fpn_channels=32))
+
+
+def test_config_builds_mmdetections_yolov3_mobilenetv2() -> None:
+    """``backbone: {name: mobilenet_v2, last_conv: false}`` with ``yolov3_channels: [96, 96,
+    96]`` is the named ``nasdet:yolov3_mobilenetv2`` (MMDetection's config): the same
+    parameters, name for name and shape for shape."""
+    cfg = ModelConfig(
+        detector="yolov3",
+        backbone={"name": "mobilenet_v2", "last_conv": False},
+        yolov3_channels=[96, 96, 96],
+        min_size=416,
+    )
+    built = build_detector(cfg, 81, load_weights=False)
+    named = yolov3_mobilenetv2(num_classes=81)
+    shapes = {k: v.shape for k, v in built.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in named.state_dict().items()}
+    assert built.backbone.feature_info[-1].channels == 320  # not the 1280-channel conv
+    default = build_detector(
+        cfg.model_copy(update={"yolov3_channels": None}), 81, load_weights=False
+    )
+    assert count_params(default) > count_params(built)  # darknet's neck widths: 16/48/160
+    with pytest.raises(ValueError, match="last_conv is for mobilenet_v2, not resnet18"):
+        ModelConfig(detector="yolov3", backbone={"name": "resnet18", "last_conv": False})
+    with pytest.raises(ValueError, match="yolov3_channels is for detector yolov3, not fcos"):
+        ModelConfig(detector="fcos", yolov3_channels=[96, 96, 96])
+    with pytest.raises(ValueError, match="at least 3 items"):
+        ModelConfig(detector="yolov3", yolov3_channels=[96, 96])
+    # the latency method's space made from this baseline keeps the 320-channel c5
+    from nasdet.methods.latency.parts import space_spec
+
+    space = space_spec(cfg.backbone, [0.5], skip=True)
+    assert not space.last_conv and space.build().feature_info[-1].channels == 320

@@ -35,7 +35,7 @@ from nasdet.models import detectors
 from nasdet.models.backbone import ExtraLevelsBackbone
 from nasdet.models.io import load_backbone_weights, load_state_dict_checked, read_model_file
 from nasdet.models.yolov3 import STRIDES as YOLOV3_STRIDES
-from nasdet.models.yolov3 import YOLOv3
+from nasdet.models.yolov3 import YOLOv3, YOLOv3Head, YOLOv3Neck
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,12 @@ def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = T
                 f"model.backbone.levels: yolov3 needs three levels at strides 8, 16, 32 "
                 f"(levels [3, 4, 5]), got strides {list(strides)}"
             )
-        return YOLOv3(body, num_classes, input_size=cfg.min_size, **common)
+        parts = {}
+        if cfg.yolov3_channels is not None:
+            widths = cfg.yolov3_channels
+            neck = YOLOv3Neck([s.channels for s in body.feature_info], widths)
+            parts = {"neck": neck, "head": YOLOv3Head(widths, 3, num_classes, mid_channels=widths)}
+        return YOLOv3(body, num_classes, input_size=cfg.min_size, **parts, **common)
     extra = cfg.extra_levels or DEFAULT_EXTRA_LEVELS[cfg.detector]
     try:
         backbone = cfg.neck.build(body, cfg.fpn_channels, extra)

@@ -151,12 +151,24 @@ class TorchvisionBackbone(BackboneSpec):
         "shufflenet_v2",
     ] = "resnet18"
     width_mult: float = Field(1.0, gt=0.0, le=4.0, description="channel width multiplier")
+    last_conv: bool = Field(
+        True,
+        description="mobilenet_v2 only: c5 is the final 1x1 conv (1280 channels); false: c5 is "
+        "the 320-channel block, as MMDetection's MobileNetV2 (out_indices 2, 4, 6)",
+    )
+
+    @model_validator(mode="after")
+    def _last_conv(self) -> TorchvisionBackbone:
+        if not self.last_conv and self.name != "mobilenet_v2":
+            raise ValueError(f"last_conv is for mobilenet_v2, not {self.name}")
+        return self
 
     def build(self) -> nn.Module:
         from nasdet.models.baselines import BASELINES
 
+        extra = {} if self.last_conv else {"last_conv": False}
         return BASELINES[self.name](
-            width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5))
+            width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5)), **extra
         )
 
 
@@ -229,6 +241,7 @@ _DETECTOR_FIELDS: dict[str, tuple[str, ...]] = {
     "ssd_extra_channels": ("ssd", "ssdlite"),
     "ssd_min_ratio": ("ssd", "ssdlite"),
     "ssd_max_ratio": ("ssd", "ssdlite"),
+    "yolov3_channels": ("yolov3",),
 }
 
 
@@ -259,6 +272,14 @@ class ModelConfig(Strict, Generic[B, N]):
     rpn_pre_nms_top_n: tuple[int, int] = (600, 300)
     rpn_post_nms_top_n: tuple[int, int] = (300, 100)
     fcos_num_convs: int = Field(2, ge=1)
+    yolov3_channels: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="YOLOv3 neck and head widths, fine to coarse (default: darknet's, half of "
+        "each backbone level's width in the neck, twice that in the head; MMDetection's "
+        "yolov3_mobilenetv2: [96, 96, 96])",
+    )
     ssd_min_ratio: float = Field(0.1, gt=0.0, lt=1.0)
     ssd_max_ratio: float = Field(0.6, gt=0.0, le=1.0)
     score_thresh: float = Field(0.05, ge=0.0, le=1.0)

@@ -35,6 +35,15 @@ class _LatencySpec(BackboneSpec):
         list(DEFAULT_MULTIPLIERS), description="widths of the pruned variants (after variant 0)"
     )
     skip: bool = Field(True, description="a skip variant for blocks with a residual")
+    last_conv: bool = Field(
+        True, description="mobilenet_v2 only: keep the final 1x1 conv as c5 (the backbone's key)"
+    )
+
+    @model_validator(mode="after")
+    def _last_conv(self) -> _LatencySpec:
+        if not self.last_conv and self.baseline != "mobilenet_v2":
+            raise ValueError(f"last_conv is for mobilenet_v2, not {self.baseline}")
+        return self
 
     @field_validator("multipliers")
     @classmethod
@@ -48,12 +57,11 @@ class _LatencySpec(BackboneSpec):
         """The variant counts of the space (cached per structure: building a space copies and
         prunes every block)."""
         return _space(self.baseline, self.width_mult, tuple(self.levels or (3, 4, 5)),
-                      tuple(self.multipliers), self.skip)  # fmt: skip
+                      tuple(self.multipliers), self.skip, self.last_conv)  # fmt: skip
 
     def supernet(self) -> LatencySupernet:
-        body = BASELINES[self.baseline](
-            width_mult=self.width_mult, levels=tuple(self.levels or (3, 4, 5))
-        )
+        body = _baseline(self.baseline, self.width_mult, tuple(self.levels or (3, 4, 5)),
+                         self.last_conv)  # fmt: skip
         return LatencySupernet(body, self.multipliers, skip=self.skip)
 
 
@@ -90,11 +98,21 @@ class LatencySpaceSpec(_LatencySpec, SupernetSpec):
         return LatencySubnetSpec(**data, arch=LatencyArch.parse(genotype).to_list())
 
 
+def _baseline(baseline: str, width_mult: float, levels: tuple[int, ...], last_conv: bool):
+    extra = {} if last_conv else {"last_conv": False}
+    return BASELINES[baseline](width_mult=width_mult, levels=levels, **extra)
+
+
 @lru_cache(maxsize=32)
 def _space(
-    baseline: str, width_mult: float, levels: tuple[int, ...], mults: tuple[float, ...], skip: bool
+    baseline: str,
+    width_mult: float,
+    levels: tuple[int, ...],
+    mults: tuple[float, ...],
+    skip: bool,
+    last_conv: bool,
 ) -> LatencySpace:
-    body = BASELINES[baseline](width_mult=width_mult, levels=levels)
+    body = _baseline(baseline, width_mult, levels, last_conv)
     return LatencySupernet(body, mults, skip=skip).space
 
 
@@ -113,6 +131,7 @@ def space_spec(baseline: BackboneSpec, multipliers: list[float], skip: bool) -> 
         levels=baseline.levels,
         multipliers=multipliers,
         skip=skip,
+        last_conv=getattr(baseline, "last_conv", True),
     )
 
 
