@@ -26,6 +26,7 @@ from nasdet.search.records import Record
 __all__ = [
     "PARETO_FILENAME",
     "Objective",
+    "as_objectives",
     "default_maximize",
     "hypervolume",
     "pareto_front",
@@ -116,7 +117,8 @@ def primary_metric(keys: Sequence[str]) -> str:
     raise ValueError(f"objective keys {list(keys)} have no metric to maximise (e.g. mAP)")
 
 
-def _as_objectives(objectives: Sequence[Objective | str]) -> list[Objective]:
+def as_objectives(objectives: Sequence[Objective | str]) -> list[Objective]:
+    """``objectives`` as :class:`Objective` s (strings parsed by :func:`parse_objectives`)."""
     if all(isinstance(o, Objective) for o in objectives) and objectives:
         return list(objectives)  # type: ignore[arg-type]
     return parse_objectives([str(o) for o in objectives])
@@ -161,7 +163,7 @@ def pareto_front(
     Raises:
         ValueError: a point lacks an objective, or a value is not a finite number.
     """
-    objectives = _as_objectives(objectives)
+    objectives = as_objectives(objectives)
     if not points:
         return []
     matrix = _minimization_matrix(points, objectives)
@@ -188,7 +190,7 @@ def hypervolume(
     Raises:
         ValueError: a point or the reference lacks an objective, or a value is not finite.
     """
-    objectives = _as_objectives(objectives)
+    objectives = as_objectives(objectives)
     missing = [o.key for o in objectives if o.key not in reference]
     if missing:
         raise ValueError(f"hypervolume reference has no value for {missing}")
@@ -218,7 +220,7 @@ def pareto_records(
     winning). Records that are not done, or lack an objective / have a non-finite one, are left
     out (logged at debug level). Duplicates are kept as :func:`pareto_front` says.
     """
-    objectives = _as_objectives(objectives)
+    objectives = as_objectives(objectives)
     candidates: list[Record] = []
     points: list[dict[str, Any]] = []
     for record in records:
@@ -246,7 +248,7 @@ def write_pareto_csv(
     Returns:
         The records written.
     """
-    objectives = _as_objectives(objectives)
+    objectives = as_objectives(objectives)
     path = Path(path)
     if path.is_dir():
         path = path / PARETO_FILENAME

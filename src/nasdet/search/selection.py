@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field
 
 from nasdet.config import Strict
-from nasdet.search.pareto import Objective, _as_objectives, pareto_front
+from nasdet.search.pareto import Objective, as_objectives, pareto_front
 from nasdet.search.records import Record
 
 __all__ = ["Choice", "Selection", "choose", "select"]
@@ -81,7 +81,7 @@ def select(
         ValueError: no candidate has the metric, or some lack the cost key ``knee`` or
             ``within`` needs.
     """
-    objs = _as_objectives(objectives)
+    objs = as_objectives(objectives)
     metric = next((o.key for o in objs if o.maximize), None)
     if metric is None:
         raise ValueError(f"objectives {[str(o) for o in objs]} have no metric to maximise")

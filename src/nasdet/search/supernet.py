@@ -15,6 +15,7 @@ the static subnet's section. :func:`export_subnet` uses only these, for every me
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -88,7 +89,7 @@ def export_subnet(
 
 
 @dataclass
-class SubnetCost:
+class SubnetCost(ABC):
     """The cost dict of a subnet's standalone detector (params and FLOPs of the detector and its
     backbone, plus what the constraints need measured: latency, training memory), cached per
     genotype string. A method subclasses it with :meth:`architecture`, the model section of the
@@ -103,9 +104,9 @@ class SubnetCost:
     optimizer: str = "sgd"
     _cache: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
+    @abstractmethod
     def architecture(self, genotype: Any) -> ModelConfig:
         """The model section of ``genotype``'s standalone detector."""
-        raise NotImplementedError
 
     def __call__(self, genotype: Any) -> dict[str, float]:
         key = str(genotype)
