@@ -187,3 +187,10 @@ def test_strict_fair_supernet_train_runs_and_refuses_another_sampling(
     capsys.readouterr()
     assert main(["-q", "run", str(tmp_path / "detnas.yaml"), "--out", str(out)]) == 2
     assert "supernet_train.sampling changed" in capsys.readouterr().err
+
+
+def test_a_dumped_sampling_config_reads_back(digits_root: Path, tmp_path: Path) -> None:
+    for section in ({}, {"sampling": "strict_fair"}, {"sampling": "sandwich", "distill": True}):
+        cfg = load_run_config(_write(tmp_path, sampling_config(digits_root, **section)))
+        again = load_run_config(_write(tmp_path, cfg.model_dump(mode="json")))
+        assert again == cfg

@@ -55,14 +55,16 @@ class SupernetTrain(Strict):
 
     @model_validator(mode="after")
     def _sampling_keys(self) -> SupernetTrain:
-        given = self.model_fields_set
+        """A sandwich key set away from its default under another sampling is an error (the
+        defaults themselves pass, so that a dumped config reads back)."""
+        defaults = type(self).model_fields
         if self.sampling != "sandwich":
             for key in ("num_random", "distill"):
-                if key in given:
+                if getattr(self, key) != defaults[key].default:
                     raise ValueError(
                         f"{key} applies to sampling: sandwich only (sampling is {self.sampling})"
                     )
-        if "kd_ratio" in given and not self.distill:
+        if self.kd_ratio != defaults["kd_ratio"].default and not self.distill:
             raise ValueError("kd_ratio applies with distill: true only")
         return self
 
