@@ -40,16 +40,27 @@ class Variant:
 
 VARIANTS = (
     Variant("uniform", "SPOS, one uniform path per step (the config as it is)"),
-    Variant("strict_fair", "FairNAS strict fairness, 4 forwards per step",
-            {"sampling": "strict_fair"}),  # fmt: skip
-    Variant("sandwich", "largest + smallest + 2 random paths per step",
-            {"sampling": "sandwich", "num_random": 2}),  # fmt: skip
-    Variant("sandwich_distill", "sandwich + in-place distillation from the largest",
-            {"sampling": "sandwich", "num_random": 2, "distill": True}),  # fmt: skip
+    Variant(
+        "strict_fair", "FairNAS strict fairness, 4 forwards per step", {"sampling": "strict_fair"}
+    ),
+    Variant(
+        "sandwich",
+        "largest + smallest + 2 random paths per step",
+        {"sampling": "sandwich", "num_random": 2},
+    ),
+    Variant(
+        "sandwich_distill",
+        "sandwich + in-place distillation from the largest",
+        {"sampling": "sandwich", "num_random": 2, "distill": True},
+    ),
     Variant("uniform_2x_epochs", "uniform, twice the supernet epochs", epochs_factor=2),
-    Variant("more_images", "the uniform supernet, 8x the BN recalibration images, scored on "
-            "search + val", reuse="uniform", calibrate_factor=8,
-            splits=("search", "val")),  # fmt: skip
+    Variant(
+        "more_images",
+        "the uniform supernet, 8x the BN recalibration images, scored on search + val",
+        reuse="uniform",
+        calibrate_factor=8,
+        splits=("search", "val"),
+    ),
 )
 
 
@@ -109,8 +120,9 @@ def estimates(
         })  # fmt: skip
         per = res["per_split"]
         weights = [sizes[s] for s in variant.splits]
-        scores[str(code)] = sum(per[s]["mAP"] * w for s, w in zip(variant.splits, weights,
-                                                                   strict=True)) / sum(weights)
+        scores[str(code)] = sum(
+            per[s]["mAP"] * w for s, w in zip(variant.splits, weights, strict=True)
+        ) / sum(weights)
         out.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(scores, indent=1))
     return {str(c): scores[str(c)] for c in codes}

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import tiny_config, tiny_supernet_model
+from test_detnas_pipeline import _write, detnas_config
 
 from nasdet.build import build_datasets, build_detector, make_trainer
 from nasdet.cli import main
@@ -26,20 +25,13 @@ from nasdet.training import config_fingerprint
 
 
 def sampling_config(digits_root: Path, **supernet_train: object) -> dict:
-    """A tiny DetNAS run of supernet_train only (RetinaNet, ShuffleNetV2 1-2-2-1, 96 px)."""
-    cfg = tiny_config(digits_root, epochs=1)
-    cfg["method"] = "detnas"
-    cfg["data"]["search_fraction"] = 0.25
-    cfg["model"] = tiny_supernet_model()
+    """The pipeline tests' tiny DetNAS run (RetinaNet, ShuffleNetV2 1-2-2-1, 96 px), its
+    supernet_train step only."""
+    cfg = detnas_config(digits_root, Path("unused"))
+    del cfg["supernet_pretrain"]
     cfg["supernet_train"] = {"epochs": 1, **supernet_train}
     cfg["pipeline"] = ["supernet_train"]
     return cfg
-
-
-def _write(tmp_path: Path, cfg: dict) -> Path:
-    path = tmp_path / "detnas.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
