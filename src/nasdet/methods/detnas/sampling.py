@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from nasdet.cost import count_flops
 from nasdet.methods.detnas.nets import ShuffleNetV2Supernet
 from nasdet.methods.detnas.space import CHOICES, ShuffleNetCode
 from nasdet.search.step_hooks import SandwichHook, StrictFairHook
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ class ShuffleNetSampling:
     :class:`FairSupernet` of :mod:`nasdet.search.step_hooks`)."""
 
     body: ShuffleNetV2Supernet
-    largest: ShuffleNetCode
-    smallest: ShuffleNetCode
+    largest: ShuffleNetCode | None = None  # the sandwich's ends (strict-fair needs none)
+    smallest: ShuffleNetCode | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -86,9 +89,13 @@ class ShuffleNetSampling:
         return len(CHOICES)
 
     def set_max_net(self) -> None:
+        if self.largest is None:
+            raise ValueError("ShuffleNetSampling made without its largest code (flops_extremes)")
         self.body.set_active_subnet(self.largest)
 
     def set_min_net(self) -> None:
+        if self.smallest is None:
+            raise ValueError("ShuffleNetSampling made without its smallest code (flops_extremes)")
         self.body.set_active_subnet(self.smallest)
 
     def sample_active_subnet(self, rng: random.Random) -> ShuffleNetCode:
@@ -109,13 +116,19 @@ def sampling_hook(
     kd_ratio: float = 1.0,
 ) -> SandwichHook | StrictFairHook | None:
     """The Trainer ``step_hook`` of ``sampling`` for the supernet ``body`` (``None`` for
-    ``uniform``: :class:`PathSampler` then runs as ``before_step``). The FLOPs extremes are
-    measured at ``image_size`` (the detector's ``min_size``). Distillation reads a sigmoid
-    one-stage head (RetinaNet, FCOS)."""
+    ``uniform``: :class:`PathSampler` then runs as ``before_step``). The sandwich's FLOPs
+    extremes are measured at ``image_size`` (the detector's ``min_size``). Distillation reads a
+    sigmoid one-stage head (RetinaNet, FCOS)."""
     if sampling == "uniform":
         return None
-    largest, smallest = flops_extremes(body, image_size)
-    adapter = ShuffleNetSampling(body, largest, smallest)
+    if sampling not in ("strict_fair", "sandwich"):
+        raise ValueError(f"sampling must be uniform, strict_fair or sandwich, got {sampling!r}")
+    adapter = ShuffleNetSampling(body)
+    if sampling == "sandwich":
+        largest, smallest = flops_extremes(body, image_size)
+        adapter = ShuffleNetSampling(body, largest, smallest)
+        log.info("sandwich: largest %s, smallest %s (backbone FLOPs at %d px)", largest, smallest,
+                 image_size)  # fmt: skip
 
     def supernet(net: nn.Module) -> ShuffleNetSampling:
         if net.backbone.body is not body:
@@ -124,14 +137,12 @@ def sampling_hook(
 
     if sampling == "strict_fair":
         return StrictFairHook(len(CHOICES), seed=seed, supernet=supernet)
-    if sampling == "sandwich":
-        return SandwichHook(
-            num_random=num_random,
-            distill=distill,
-            kd_ratio=kd_ratio,
-            seed=seed,
-            kind="sigmoid",
-            rng_prefix="nasdet.detnas.subnet",
-            supernet=supernet,
-        )
-    raise ValueError(f"sampling must be uniform, strict_fair or sandwich, got {sampling!r}")
+    return SandwichHook(
+        num_random=num_random,
+        distill=distill,
+        kd_ratio=kd_ratio,
+        seed=seed,
+        kind="sigmoid",
+        rng_prefix="nasdet.detnas.subnet",
+        supernet=supernet,
+    )
