@@ -5,14 +5,19 @@ Parts (all by default; each resumes where it stopped):
 
 - ``pipeline``: ``nasdet run configs/detnas_digits.yaml`` (target <= 30 min on 2 CPU cores);
 - ``standalone``: >= 10 architectures spread over the space (every block 3x3 / 5x5 / 7x7 /
-  Xception, plus seeded random codes) trained stand-alone from scratch for ``--epochs`` and
-  scored on the search split;
+  Xception, plus seeded random codes) trained stand-alone from scratch for ``--epochs`` with each
+  of ``--seeds`` (default 0 and 1; seed 0's results of earlier runs are reused) and scored on
+  the search split; the ranking uses the mean over the seeds;
 - ``report``: the same architectures scored on the trained supernet (BN recalibrated), Kendall
   tau (target >= 0.6) and its plot; training-step time supernet vs extracted subnet (target <=
   1.15x); candidates scored per minute vs one SP-NAS candidate's training (target >= 100x);
-  the pipeline's searched vs hand-crafted result.
+  the pipeline's searched vs hand-crafted result;
+- ``ablation`` (not run by default: hours): the ranking under each supernet training or scoring
+  variant of ``_detnas_ablation.VARIANTS`` (``--variants``), a table of Kendall tau.
 
     python benchmarks/detnas_digits.py --out docs/benchmarks/detnas.md
+    python benchmarks/detnas_digits.py --parts standalone,ablation --epochs 6 \
+        --ablation-out docs/benchmarks/detnas_ablation.md
 """
 
 from __future__ import annotations
@@ -26,12 +31,16 @@ from pathlib import Path
 
 import torch
 from _common import machine_line, write_fragment
+from _detnas_ablation import markdown as ablation_markdown
+from _detnas_ablation import names_of, run_ablation
 
+from nasdet.build import build_datasets, build_detector, make_trainer
+from nasdet.cost import measure_cost
 from nasdet.data import collate
+from nasdet.engine.evaluate import evaluate
 from nasdet.methods import load_run_config
 from nasdet.methods.detnas.scoring import load_supernet, score_subnet, subnet_architecture
 from nasdet.methods.detnas.space import ShuffleNetCode, ShuffleNetSpace
-from nasdet.methods.spnas.candidate import evaluate_candidate
 from nasdet.pipeline import run_pipeline
 from nasdet.search.records import RecordStore
 from nasdet.search.supernet import export_subnet
@@ -51,31 +60,54 @@ def architectures(space: ShuffleNetSpace, n_random: int, seed: int = 0) -> list[
     return codes
 
 
-def standalone(cfg, codes, epochs: int, runs: Path, *, train: bool = True) -> dict[str, dict]:
-    """Train each code from scratch (``epochs``) and score it on the search split; with
-    ``train=False`` only the results already there."""
-    from nasdet.methods.detnas.steps import base_config
-
+def standalone(cfg, codes, epochs: int, runs: Path, seeds=(0,), *, train: bool = True) -> dict:
+    """Train each code from scratch (``epochs``) with each seed of ``seeds`` and score it on the
+    search split (the same split for every seed: the config's seed draws it); with
+    ``train=False`` only the results already there. Per code, the mean over the seeds:
+    ``metrics`` (mAP and the other COCO stats), ``cost``, ``train_seconds``, and ``per_seed``
+    (each seed's mAP); a code lacking a seed's result is left out. Seed 0 lives in
+    ``detnas_standalone/<code>`` (where the one-seed benchmark kept it), seed s in
+    ``detnas_standalone/seed<s>/<code>``."""
     results = {}
     for code in codes:
-        out = runs / "detnas_standalone" / str(code)
-        done = out / "result.json"
-        if not done.is_file() and not train:
+        per_seed = []
+        for seed in seeds:
+            folder = runs / "detnas_standalone" / (f"seed{seed}" if seed else "") / str(code)
+            done = folder / "result.json"
+            if not done.is_file() and train:
+                done.write_text(json.dumps(train_standalone(cfg, code, seed, epochs, folder)))
+            if done.is_file():
+                per_seed.append(json.loads(done.read_text()))
+        if len(per_seed) < len(seeds):
             continue
-        if not done.is_file():
-            arch = subnet_architecture(cfg.model, code)
-            res = evaluate_candidate(
-                {
-                    "config": base_config(cfg),
-                    "architecture": arch.model_dump(mode="json"),
-                    "parent_weights": None,
-                    "out": str(out / "model.pth"),
-                    "epochs": epochs,
-                }
-            )
-            done.write_text(json.dumps({k: res[k] for k in ("metrics", "cost", "train_seconds")}))
-        results[str(code)] = json.loads(done.read_text())
+        keys = per_seed[0]["metrics"]
+        metrics = {k: statistics.mean(r["metrics"][k] for r in per_seed) for k in keys}
+        results[str(code)] = {
+            "metrics": metrics,
+            "cost": per_seed[0]["cost"],
+            "train_seconds": statistics.mean(r["train_seconds"] for r in per_seed),
+            "per_seed": [r["metrics"]["mAP"] for r in per_seed],
+        }
     return results
+
+
+def train_standalone(cfg, code: ShuffleNetCode, seed: int, epochs: int, folder: Path) -> dict:
+    """Train ``code``'s detector from scratch (weights and data order from ``seed``) on the
+    training split of the config's seed, score it on the search split; ``metrics``, ``cost`` and
+    ``train_seconds``. Resumes from ``folder``'s checkpoint after a kill."""
+    arch = subnet_architecture(cfg.model, code)
+    torch.manual_seed(seed)
+    data = build_datasets(cfg.data, seed=cfg.seed)  # the same split for every seed
+    model = build_detector(arch, len(data.categories) + 1)
+    trainer = make_trainer(model, data.train, cfg.model_copy(update={"seed": seed}), folder,
+                           epochs=epochs, tensorboard=False)  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(resume=trainer.checkpoint_path.is_file())
+    seconds = time.perf_counter() - start
+    metrics = evaluate(model, data.search, batch_size=cfg.eval.batch_size,
+                       device=trainer.device, backend=cfg.eval.backend)  # fmt: skip
+    return {"metrics": metrics, "cost": measure_cost(model.cpu(), arch.min_size),
+            "train_seconds": seconds}  # fmt: skip
 
 
 def step_times(models, images, targets, rounds: int = 6, steps: int = 4) -> list[float]:
@@ -127,11 +159,15 @@ def main() -> None:
     p.add_argument("--parts", default="pipeline,standalone,report")
     p.add_argument("--epochs", type=int, default=4, help="stand-alone training epochs")
     p.add_argument("--random", type=int, default=6, help="random codes besides the 4 uniform")
+    p.add_argument("--seeds", default="0,1", help="stand-alone training seeds (mean ranked)")
+    p.add_argument("--variants", default="all", help="ablation variants (comma-separated)")
+    p.add_argument("--ablation-out", type=Path, help="write the ablation's markdown here")
     p.add_argument("--spnas-records", type=Path,
                    default=ROOT / "runs" / "benchmarks" / "spnas_digits" / "records.sqlite")
     p.add_argument("--out", type=Path, help="write the markdown here")
     args = p.parse_args()
     parts = args.parts.split(",")
+    seeds = [int(x) for x in args.seeds.split(",")]
     cfg = load_run_config(args.config)
     out = args.runs / "detnas_digits"
     timing = out / "benchmark_time.json"
@@ -143,13 +179,32 @@ def main() -> None:
     space = ShuffleNetSpace(tuple(cfg.model.backbone.depths or (4, 4, 8, 4)))
     codes = architectures(space, args.random)
     if "standalone" in parts:
-        standalone(cfg, codes, args.epochs, args.runs)
+        standalone(cfg, codes, args.epochs, args.runs, seeds)
+    from scipy.stats import kendalltau
+
+    def tau_of(xs: list[float], ys: list[float]) -> float:
+        return float(kendalltau(xs, ys).statistic) if len(xs) >= 2 else float("nan")
+
+    if "ablation" in parts:
+        trained = standalone(cfg, codes, args.epochs, args.runs, seeds, train=False)
+        ranked = [c for c in codes if str(c) in trained]
+        if not ranked:
+            raise SystemExit("ablation: no stand-alone results yet — run --parts standalone")
+        rows = run_ablation(cfg, ranked, {k: v["metrics"]["mAP"] for k, v in trained.items()},
+                            args.runs, out, names_of(args.variants), tau_of)  # fmt: skip
+        text = ablation_markdown(rows, len(ranked), seeds, args.epochs) + (
+            f"\n\nCommand: `python benchmarks/detnas_digits.py --parts ablation --epochs "
+            f"{args.epochs} --seeds {args.seeds}`  \nMachine: {machine_line()}"
+        )
+        print(text)
+        if args.ablation_out:
+            write_fragment(args.ablation_out, text)
     if "report" not in parts:
         return
     from nasdet.methods.detnas.steps import base_config
 
     supernet_path = out / "output" / "supernet_train" / "supernet.pth"
-    trained = standalone(cfg, codes, args.epochs, args.runs, train=False)
+    trained = standalone(cfg, codes, args.epochs, args.runs, seeds, train=False)
     codes = [c for c in codes if str(c) in trained]  # the ranking needs stand-alone results
     step = cfg.evolution_search
     estimates = {}
@@ -158,11 +213,9 @@ def main() -> None:
                             "genotype": str(code), "bn_mode": step.bn_mode,
                             "calibrate_samples": step.calibrate_samples})  # fmt: skip
         estimates[str(code)] = res["metrics"]["mAP"]
-    from scipy.stats import kendalltau
-
     xs = [estimates[str(c)] for c in codes]
     ys = [trained[str(c)]["metrics"]["mAP"] for c in codes]
-    tau = kendalltau(xs, ys).statistic if len(codes) >= 2 else float("nan")
+    tau = tau_of(xs, ys)
     if codes:
         _plot(xs, ys, tau, ROOT / "docs" / "benchmarks" / "detnas_ranking.png")
 
@@ -178,7 +231,7 @@ def main() -> None:
     trained_rows = {r.extra.get("role"): r for r in store.records("subnet_train", status="done")}
     minutes = json.loads(timing.read_text())["minutes"] if timing.is_file() else float("nan")
     text = _markdown(cfg, codes, estimates, trained, tau, sup_s, sub_s, per_candidate, spnas_s,
-                     trained_rows, minutes, len(scored), args.epochs)  # fmt: skip
+                     trained_rows, minutes, len(scored), args.epochs, seeds)  # fmt: skip
     print(text)
     if args.out:
         write_fragment(args.out, text)
@@ -201,7 +254,7 @@ def _plot(xs: list[float], ys: list[float], tau: float, path: Path) -> None:
 
 
 def _markdown(cfg, codes, estimates, trained, tau, sup_s, sub_s, per_candidate, spnas_s,
-              rows, minutes, n_scored, epochs) -> str:  # fmt: skip
+              rows, minutes, n_scored, epochs, seeds) -> str:  # fmt: skip
     size = cfg.model.min_size
     table = ["| architecture | backbone MFLOPs | supernet mAP | stand-alone mAP |",
              "|---|---:|---:|---:|"]  # fmt: skip
@@ -242,7 +295,8 @@ def _markdown(cfg, codes, estimates, trained, tau, sup_s, sub_s, per_candidate, 
          f"{epochs}-epoch stand-alone training of 10 architectures)." if not codes else
         f"**Ranking quality**: Kendall tau between supernet-estimated mAP (BN recalibrated on "
         f"{cfg.evolution_search.calibrate_samples} training images) and stand-alone mAP "
-        f"({epochs} epochs from scratch), both on the search split, over {len(codes)} "
+        f"({epochs} epochs from scratch, mean of seeds {', '.join(map(str, seeds))}), both on "
+        f"the search split, over {len(codes)} "
         f"architectures: **tau = {tau:.2f}** (target >= 0.6). Plot: "
         "`docs/benchmarks/detnas_ranking.png`."),
         "",

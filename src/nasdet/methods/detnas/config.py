@@ -39,9 +39,34 @@ class SupernetPretrain(Strict):
 
 
 class SupernetTrain(Strict):
-    """Step 2: the supernet inside the detector on the detection data (SPOS sampling)."""
+    """Step 2: the supernet inside the detector on the detection data. ``sampling``:
+    ``uniform`` (SPOS: one uniformly drawn path per step), ``strict_fair`` (FairNAS: one forward
+    per choice, every choice of every block once per step) or ``sandwich`` (the most and the
+    fewest backbone FLOPs, then ``num_random`` random paths per step; with ``distill``, in-place
+    distillation from the largest)."""
 
     epochs: int | None = Field(None, ge=1, description="default: train.epochs")
+    sampling: Literal["uniform", "strict_fair", "sandwich"] = Field(
+        "uniform", description="which paths each optimizer step trains"
+    )
+    num_random: int = Field(2, ge=0, description="sandwich: random paths besides the two ends")
+    distill: bool = Field(False, description="sandwich: in-place distillation from the largest")
+    kd_ratio: float = Field(1.0, ge=0.0, description="weight of the distillation loss")
+
+    @model_validator(mode="after")
+    def _sampling_keys(self) -> SupernetTrain:
+        """A sandwich key set away from its default under another sampling is an error (the
+        defaults themselves pass, so that a dumped config reads back)."""
+        defaults = type(self).model_fields
+        if self.sampling != "sandwich":
+            for key in ("num_random", "distill"):
+                if getattr(self, key) != defaults[key].default:
+                    raise ValueError(
+                        f"{key} applies to sampling: sandwich only (sampling is {self.sampling})"
+                    )
+        if self.kd_ratio != defaults["kd_ratio"].default and not self.distill:
+            raise ValueError("kd_ratio applies with distill: true only")
+        return self
 
 
 class EvolutionSearch(ExecutorSettings):
@@ -126,6 +151,12 @@ class DetNASRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
             )
         if self.model.detector not in ("fasterrcnn", "retinanet", "fcos"):
             raise ValueError("detnas: model.detector must be fasterrcnn, retinanet or fcos")
+        st = self.supernet_train
+        if st is not None and st.distill and self.model.detector == "fasterrcnn":
+            raise ValueError(
+                "supernet_train.distill: in-place distillation reads a one-stage head "
+                "(retinanet, fcos); set distill: false for fasterrcnn"
+            )
         digits = self.data.format == "digits"
         pre = self.supernet_pretrain
         if (

@@ -53,8 +53,9 @@ def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
     """Score one subnet of a trained supernet (runs in an executor; plain data in and out).
 
     Payload: ``supernet`` (model file), ``config`` (a Config dump), ``genotype``, ``bn_mode``
-    (recalibrate / train / none), ``calibrate_samples``. Returns ``metrics`` (COCO stats on the
-    search split, or val when there is none).
+    (recalibrate / train / none), ``calibrate_samples``, optionally ``splits`` (names among
+    ``search``, ``val``). Returns ``metrics`` (COCO stats on the search split, or val when there
+    is none) and, with ``splits``, ``per_split`` (the stats on each split named).
     """
     cfg = TrainConfig.model_validate(payload["config"])
     model, data, pristine = load_supernet(payload["supernet"], json.dumps(payload["config"]))
@@ -72,16 +73,22 @@ def score_subnet(payload: dict[str, Any]) -> dict[str, Any]:
             device=device,
             seed=cfg.seed,
         )
-    scored_on = data.search if data.search is not None else data.val
-    metrics = evaluate(
-        model,
-        scored_on,
-        batch_size=cfg.eval.batch_size,
-        device=device,
-        backend=cfg.eval.backend,
-        bn_mode="train" if mode == "train" else "eval",
-    )
-    return {"metrics": metrics}
+    default = "search" if data.search is not None else "val"
+    splits = list(payload.get("splits") or [])
+    per_split = {
+        name: evaluate(
+            model,
+            getattr(data, name),
+            batch_size=cfg.eval.batch_size,
+            device=device,
+            backend=cfg.eval.backend,
+            bn_mode="train" if mode == "train" else "eval",
+        )
+        for name in dict.fromkeys([default, *splits])
+    }
+    if not splits:
+        return {"metrics": per_split[default]}
+    return {"metrics": per_split[default], "per_split": {k: per_split[k] for k in splits}}
 
 
 class SubnetCost(supernet.SubnetCost):

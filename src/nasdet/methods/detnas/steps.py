@@ -3,9 +3,11 @@ subnet_train.
 
 1. ``supernet_pretrain`` (optional): the ShuffleNetV2 supernet backbone as a classifier on an
    ImageFolder set (the bundled digits variant by default), one uniformly sampled path per step.
-2. ``supernet_train``: the supernet inside the detector on the detection data, one path per step
-   (SPOS); the path depends only on (seed, step), so every DDP rank trains the same path and a
-   resumed run continues bit for bit. Runs under ``torchrun`` (DDP) as well.
+2. ``supernet_train``: the supernet inside the detector on the detection data, one uniform path
+   per step (SPOS), or strict-fair / sandwich sampling (``supernet_train.sampling``,
+   :mod:`nasdet.methods.detnas.sampling`); the paths depend only on (seed, step), so every DDP
+   rank trains the same paths and a resumed run continues bit for bit. Runs under ``torchrun``
+   (DDP) as well.
 3. ``evolution_search``: evolution on the trained supernet; each candidate is scored on the search
    split after BN recalibration; constraints on the backbone and the whole detector are checked
    before scoring. The best subnet and every Pareto member are exported as standalone detectors.
@@ -20,13 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from nasdet.build import build_backbone, build_datasets, build_detector, make_trainer, num_classes
 from nasdet.cost import measure_cost
@@ -38,6 +37,7 @@ from nasdet.engine.train import resolve_device
 from nasdet.errors import ConfigError
 from nasdet.method import MethodResult
 from nasdet.methods.detnas.config import DetNASRunConfig, SupernetPretrain, TrainConfig
+from nasdet.methods.detnas.sampling import PathSampler, sampling_hook
 from nasdet.methods.detnas.scoring import (
     SubnetCost,
     load_model,
@@ -63,17 +63,6 @@ SUPERNET = "supernet"  # genotype of the supernet's records
 def base_config(cfg: DetNASRunConfig) -> dict[str, Any]:
     """The training part of a run config as plain data."""
     return cfg.base()
-
-
-@dataclass(frozen=True)
-class PathSampler:
-    """``before_step`` hook of supernet training: a uniform path from (seed, step) alone."""
-
-    supernet: nn.Module
-    seed: int
-
-    def __call__(self, step: int) -> None:
-        self.supernet.sample_active_subnet(random.Random(self.seed * 1_000_003 + step))
 
 
 # ----------------------------------------------------------------------------- steps 1-2
@@ -125,8 +114,21 @@ def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
     if "supernet_pretrain" in cfg.steps and pretrained.is_file():
         body.load_state_dict(read_weights(pretrained))
         log.info("supernet_train: backbone from %s", pretrained)
-    assert cfg.supernet_train is not None
-    epochs = cfg.supernet_train.epochs or cfg.train.epochs
+    st = cfg.supernet_train
+    assert st is not None
+    epochs = st.epochs or cfg.train.epochs
+    hook = sampling_hook(
+        body,
+        st.sampling,
+        image_size=cfg.model.min_size,
+        seed=cfg.seed,
+        num_random=st.num_random,
+        distill=st.distill,
+        kd_ratio=st.kd_ratio,
+    )
+    if hook is not None:
+        log.info("supernet_train: %s sampling, %d forwards per step", st.sampling,
+                 hook.forwards_per_step)  # fmt: skip
     trainer = make_trainer(
         model,
         data.train,
@@ -134,7 +136,9 @@ def supernet_train(cfg: DetNASRunConfig, store: RecordStore, out: Path) -> Path:
         step_dir,
         epochs=epochs,
         fingerprint=config_fingerprint(cfg) + f"|supernet_train|{epochs}",
-        before_step=PathSampler(body, cfg.seed),
+        before_step=PathSampler(body, cfg.seed) if hook is None else None,
+        step_hook=hook,
+        forwards_per_step=hook.forwards_per_step if hook is not None else None,
         find_unused_parameters=True,
     )
     history = trainer.fit(resume=trainer.checkpoint_path.is_file())
