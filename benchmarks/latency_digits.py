@@ -7,8 +7,11 @@ Parts (all by default; each resumes where it stopped):
 
 - ``lut``: the LUT's prediction against the whole network measured alone, over 20 random
   architectures plus the baseline and the cheapest, at the config's resolution, for
-  ``measured:cpu`` and ``measured:onnxruntime`` (one thread each) and ``mmac``: MAPE
-  (target <= 5 %);
+  ``--lut-kinds`` (``mmac``, ``measured:cpu`` and ``measured:onnxruntime``, one thread each;
+  ``measured:cpu/alone``: the former torch table of variants timed alone, to compare): MAPE
+  (target <= 5 %) and build time. Kept in ``<run-dir>/lut_check.json`` per kind (delete it, or
+  a kind in it, to measure again). The LUT check alone:
+  ``python benchmarks/latency_digits.py --parts lut,report``;
 - ``pipeline``: ``nasdet run configs/latency_digits.yaml`` (baseline, pretrain, search, tune;
   target <= 30 min on 2 CPU cores), with each step's wall time from the run's log;
 - ``resolution``: the same from the pipeline's baseline with ``multiresolution_pretrain`` and
@@ -54,6 +57,45 @@ def _env(threads: int) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- lut
+ALONE = "/alone"  # a kind's suffix: torch's variants timed alone (the former LUT), to compare
+
+
+def measured_costs(
+    detector: Any, size: int, archs: list[Any], kind: str, min_run_time: float, rounds: int = 10
+) -> list[list[float]]:
+    """Each architecture's whole network (``Network``, batch 1, one thread) measured alone:
+    ``rounds`` passes over all of them (``min_run_time / rounds`` s each; their median is the
+    measurement), so that a slow spell of a shared machine hits them all alike. onnxruntime's
+    sessions are exported once per architecture. Returns each one's passes."""
+    import torch
+
+    from nasdet.cost.latency import summarize_times
+    from nasdet.cost.onnx_runtime import onnx_session, time_session
+    from nasdet.methods.latency.latency import Network, _cost
+
+    body = detector.backbone.body
+    x = torch.zeros(1, 3, size, size)
+    net = Network(detector)
+    if kind == "mmac":
+        rounds = 1
+    sessions = []
+    if kind == "measured:onnxruntime":
+        for arch in archs:
+            body.set_active_subnet(arch)
+            sessions.append(onnx_session(net, x, threads=1))
+    passes: list[list[float]] = [[] for _ in archs]
+    for _ in range(rounds):
+        for i, arch in enumerate(archs):
+            body.set_active_subnet(arch)
+            if sessions:
+                times = time_session(*sessions[i], min_run_time=min_run_time / rounds)
+                passes[i].append(summarize_times(times)[0])
+            else:
+                passes[i].append(_cost(net, x, kind, min_run_time / rounds))
+    body.set_active_subnet(body.space.baseline)
+    return passes
+
+
 def lut_check(
     cfg: Any,
     dest: Path,
@@ -62,14 +104,22 @@ def lut_check(
     min_run_time: float = 0.5,
 ) -> dict[str, Any]:
     """LUT-predicted against measured whole-network cost for ``n`` random architectures plus
-    the baseline and the cheapest (one thread; kept in ``dest``)."""
-    if dest.is_file():
-        return json.loads(dest.read_text())
+    the baseline and the cheapest (one thread; kept in ``dest``, per kind: a kind already in it
+    is not measured again). A kind ending in ``/alone`` is torch's former LUT, each variant
+    timed alone."""
+    from nasdet.methods.latency.latency import LUT_FORMAT
+
+    out: dict[str, Any] = json.loads(dest.read_text()) if dest.is_file() else {}
+    if out.get("lut_format") != LUT_FORMAT:  # measured with another LUT: all again
+        out = {}
+    if all(k in out.get("kinds", {}) for k in kinds):
+        return out
     import torch
 
     from nasdet.build import build_detector
     from nasdet.methods.latency.common import space_model
-    from nasdet.methods.latency.latency import Network, _cost, build_table
+    from nasdet.methods.latency.latency import build_table
+    from nasdet.methods.latency.space import LatencyArch
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -78,32 +128,65 @@ def lut_check(
     body = detector.backbone.body
     rng = random.Random(0)
     archs = [body.space.baseline] + [body.space.sample(rng) for _ in range(n)]
-    out: dict[str, Any] = {"resolution": size, "n": len(archs) + 1, "kinds": {}}
-    for kind in kinds:
-        t0 = time.perf_counter()
-        table = build_table(detector, size, kind, min_run_time=min_run_time)
-        built = time.perf_counter() - t0
-        rows = []
-        for arch in [*archs, table.cheapest()]:
-            body.set_active_subnet(arch)
-            x = torch.zeros(1, 3, size, size)
-            measured = _cost(Network(detector), x, kind, min_run_time)
-            rows.append({"arch": arch.to_list(), "lut": table.predict(arch), "measured": measured})
-        body.set_active_subnet(body.space.baseline)
-        errors = [abs(r["lut"] - r["measured"]) / r["measured"] for r in rows]
-        out["kinds"][kind] = {
-            "unit": table.unit,
-            "mape": statistics.mean(errors),
-            "max_ape": max(errors),
-            "build_s": built,
-            "baseline": table.baseline,
-            "minimum": table.minimum,
-            "rows": rows,
-        }
-        print(f"LUT {kind}: MAPE {statistics.mean(errors):.2%} (max {max(errors):.2%})")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=1))
+    cheapest = LatencyArch(tuple(n - 1 for n in body.space.num_variants))  # fewest MMACs
+    every = [*archs, cheapest]
+    out = {"resolution": size, "n": len(every), "kinds": {}, **out, "lut_format": LUT_FORMAT}
+    todo = [k for k in kinds if k not in out["kinds"]]
+    for kind in dict.fromkeys(k.removesuffix(ALONE) for k in todo):
+        tables = {}
+        for label in (k for k in todo if k.removesuffix(ALONE) == kind):
+            t0 = time.perf_counter()
+            alone = label.endswith(ALONE)
+            table = build_table(detector, size, kind, min_run_time=min_run_time, alone=alone)
+            tables[label] = (table, time.perf_counter() - t0)
+        passes = measured_costs(detector, size, every, kind, 2 * min_run_time)
+        measured = [statistics.median(p) for p in passes]
+        # the measurement's own noise: the interquartile range of an architecture's passes
+        noise = [_iqr(p) / m if m else 0.0 for p, m in zip(passes, measured, strict=True)]
+        for label, (table, built) in tables.items():
+            out["kinds"][label] = {
+                **_accuracy(table, every, measured, built),
+                "measured_noise": statistics.mean(noise),
+            }
+            k = out["kinds"][label]
+            print(
+                f"LUT {label}: MAPE {k['mape']:.2%} (max {k['max_ape']:.2%}; of the ratios to "
+                f"the baseline {k['ratio_mape']:.2%}), built in {built:.0f} s"
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(out, indent=1))
     return out
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def _accuracy(table: Any, archs: list[Any], measured: list[float], built: float) -> dict[str, Any]:
+    """The LUT's errors against ``measured`` (the baseline first): absolute percentage errors,
+    and those of the ratios to the baseline (``lut / lut_baseline`` against ``measured /
+    measured_baseline``: blind to a machine that is uniformly slower while the LUT is built
+    than while the networks are timed)."""
+    rows = [
+        {"arch": a.to_list(), "lut": table.predict(a), "measured": m}
+        for a, m in zip(archs, measured, strict=True)
+    ]
+    errors = [abs(r["lut"] - r["measured"]) / r["measured"] for r in rows]
+    lut0, m0 = rows[0]["lut"], rows[0]["measured"]
+    ratio = [abs(r["lut"] / lut0 / (r["measured"] / m0) - 1) for r in rows[1:]]
+    return {
+        "unit": table.unit,
+        "mape": statistics.mean(errors),
+        "max_ape": max(errors),
+        "ratio_mape": statistics.mean(ratio),
+        "build_s": built,
+        "baseline": table.baseline,
+        "minimum": table.minimum,
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------- runs
@@ -415,19 +498,32 @@ def markdown(
         ]
     if lut:
         lr = [
-            "| latency model | unit | baseline | minimum | LUT build (s) | MAPE | max error |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| latency model | unit | baseline | minimum | LUT build (s) | MAPE | max error "
+            "| MAPE of ratios to the baseline | measurement noise |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for kind, k in lut["kinds"].items():
+        for label, k in lut["kinds"].items():
+            name = f"`{label.removesuffix(ALONE)}`" + (
+                " variants timed alone (former)" if label.endswith(ALONE) else ""
+            )
+            ratio = f"{k['ratio_mape']:.2%}" if "ratio_mape" in k else "-"
+            noise = f"{k['measured_noise']:.2%}" if "measured_noise" in k else "-"
             lr.append(
-                f"| `{kind}` | {k['unit']} | {k['baseline']:.3f} | {k['minimum']:.3f} | "
-                f"{k['build_s']:.0f} | **{k['mape']:.2%}** | {k['max_ape']:.2%} |"
+                f"| {name} | {k['unit']} | {k['baseline']:.3f} | {k['minimum']:.3f} | "
+                f"{k['build_s']:.0f} | **{k['mape']:.2%}** | {k['max_ape']:.2%} | {ratio} | "
+                f"{noise} |"
             )
         lines += [
             f"**LUT accuracy** at {lut['resolution']} px: the LUT's prediction (fixed part + "
-            "each block's variant timed in place) against the whole network timed alone, over "
-            f"{lut['n']} architectures (20 random, the baseline, the cheapest), batch 1, one "
-            "thread (target: MAPE <= 5 %):",
+            "each block's variant: torch's timed in place inside whole-network forwards, "
+            "onnxruntime's exported and timed alone less a session run's own cost) against the "
+            f"whole network timed alone, over {lut['n']} architectures (20 random, the baseline, "
+            "the cheapest), batch 1, one thread, each network timed in 10 interleaved passes "
+            "(median); target: MAPE <= 5 %. The ratios to the baseline compare "
+            "LUT / LUT's baseline against measured / measured baseline, which a "
+            "machine uniformly slower while the LUT is built than while the networks are timed "
+            "does not move; the measurement noise is the mean interquartile range of a "
+            "network's passes over their median (an error below it cannot be seen):",
             "",
             *lr,
             "",
@@ -452,11 +548,13 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load(CONFIG.read_text())
     lut = None
-    if "lut" in parts or (run / "lut_check.json").is_file():
+    if "lut" in parts:
         from nasdet.methods import load_run_config
 
         kinds = tuple(args.lut_kinds.split(","))
         lut = lut_check(load_run_config(CONFIG), run / "lut_check.json", kinds)
+    elif (run / "lut_check.json").is_file():
+        lut = json.loads((run / "lut_check.json").read_text())
     if "pipeline" in parts:
         print("pipeline:", run_config(raw, run, "pipeline"))
     if "resolution" in parts:

@@ -25,7 +25,7 @@ from nasdet.cost.latency import Latency, summarize_times
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxMismatchError", "export_onnx", "onnx_latency"]
+__all__ = ["OnnxMismatchError", "export_onnx", "onnx_latency", "onnx_session", "time_session"]
 
 _WARMUP_RUNS = 3
 _MIN_RUNS = 5
@@ -138,6 +138,53 @@ def _check_outputs(expected: list[Tensor], actual: list[Any], *, atol: float, rt
             )
 
 
+def onnx_session(
+    module: nn.Module,
+    example: Tensor,
+    *,
+    threads: int | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> tuple[Any, dict[str, Any]]:
+    """Export ``module`` (see :func:`export_onnx`; on the CPU, moved back to its device
+    afterwards) to a temporary file, open an onnxruntime CPU session on it (``threads`` intra-op
+    threads; ``None``: ``torch.get_num_threads()``) and check its outputs against PyTorch's
+    (``torch.allclose(atol, rtol)``; a mismatch raises :class:`OnnxMismatchError`).
+
+    Returns:
+        ``(session, feed)``: the session and its input dict for ``example``.
+    """
+    threads = threads or torch.get_num_threads()
+    example = example.detach().cpu()
+    original = module_device(module)
+    try:
+        module.cpu()
+        with eval_mode(module), torch.no_grad():
+            expected = [t.detach() for t in flatten_tensors(module(example))]
+        with tempfile.TemporaryDirectory(prefix="nasdet-onnx-") as tmp:
+            path = export_onnx(module, example, Path(tmp) / "model.onnx")
+            session = _session(path, threads)
+    finally:
+        module.to(original)
+    feed = {session.get_inputs()[0].name: example.numpy()}
+    _check_outputs(expected, session.run(None, feed), atol=atol, rtol=rtol)
+    return session, feed
+
+
+def time_session(session: Any, feed: dict[str, Any], *, min_run_time: float = 1.0) -> list[float]:
+    """Seconds per ``session.run(None, feed)``, after a few warm-up runs, for at least
+    ``min_run_time`` seconds and at least 5 runs (``time.perf_counter``)."""
+    for _ in range(_WARMUP_RUNS):
+        session.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < _MIN_RUNS or time.perf_counter() - start < min_run_time:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def onnx_latency(
     module: nn.Module,
     example: Tensor,
@@ -147,7 +194,8 @@ def onnx_latency(
     atol: float = 1e-4,
     rtol: float = 1e-4,
 ) -> Latency:
-    """Export ``module`` to ONNX and time it with onnxruntime's CPUExecutionProvider.
+    """Export ``module`` to ONNX and time it with onnxruntime's CPUExecutionProvider
+    (:func:`onnx_session`, then :func:`time_session`).
 
     The module is exported on the CPU (see :func:`export_onnx`; it is moved back to its device
     afterwards) to a temporary file, and its onnxruntime outputs are compared with PyTorch's
@@ -166,27 +214,8 @@ def onnx_latency(
         call in ms over ``runs`` timed runs.
     """
     threads = threads or torch.get_num_threads()
-    example = example.detach().cpu()
-    original = module_device(module)
-    try:
-        module.cpu()
-        with eval_mode(module), torch.no_grad():
-            expected = [t.detach() for t in flatten_tensors(module(example))]
-        with tempfile.TemporaryDirectory(prefix="nasdet-onnx-") as tmp:
-            path = export_onnx(module, example, Path(tmp) / "model.onnx")
-            session = _session(path, threads)
-    finally:
-        module.to(original)
-    feed = {session.get_inputs()[0].name: example.numpy()}
-    _check_outputs(expected, session.run(None, feed), atol=atol, rtol=rtol)
-    for _ in range(_WARMUP_RUNS):
-        session.run(None, feed)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < _MIN_RUNS or time.perf_counter() - start < min_run_time:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
+    session, feed = onnx_session(module, example, threads=threads, atol=atol, rtol=rtol)
+    times = time_session(session, feed, min_run_time=min_run_time)
     median_ms, iqr_ms = summarize_times(times)
     latency = Latency(median_ms, iqr_ms, threads, "cpu", len(times), backend="onnxruntime")
     logger.info("%s onnxruntime latency: %s", type(module).__name__, latency)
