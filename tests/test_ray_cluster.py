@@ -10,6 +10,7 @@ its two runs take about 70 CPU seconds in all (the Ray processes, the workers, t
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -97,17 +98,24 @@ def run_losing_a_node(
     cluster: LocalCluster, cfg: dict, tmp_path: Path, *, first: list[str] | None = None
 ) -> tuple[Path, str]:
     """``nasdet run`` of ``cfg`` while the worker node that runs the first candidate is killed;
-    the run folder and the lost node's id. ``first``: steps run before, undisturbed (``--steps``;
-    the run then resumes after them)."""
+    the run folder and the lost node's id. ``first``: steps run before, undisturbed, in this
+    process (``--steps`` with ``search.executor: inprocess``, a key a run may change when it
+    resumes: the run then resumes after them on the cluster)."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
+    if first:
+        local = copy.deepcopy(cfg)
+        for key in ("address", "workers"):
+            local["search"].pop(key, None)
+        local["search"]["executor"] = "inprocess"
+        before = tmp_path / "first.yaml"
+        before.write_text(yaml.safe_dump(local))
+        assert main(["-q", "run", str(before), "--out", str(out), "--steps", ",".join(first)]) == 0
     live = [n for n in cluster.nodes[1:] if not n.killed]
     while len(live) < 2:  # a node killed by an earlier test is replaced
         live.append(cluster.add_node())
         cluster.wait(live[-1])  # up before the step starts: its first candidates can go there
-    if first:
-        assert main(["-q", "run", str(path), "--out", str(out), "--steps", ",".join(first)]) == 0
     killer = Killer(live)
     killer.start()
     try:
@@ -172,7 +180,7 @@ def test_a_step_survives_losing_a_node(
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg, name, expected = step(cluster, digits_root, cls_root, monkeypatch)
-    # SP-NAS's fine_tune runs on the cluster too: it runs first, undisturbed
+    # SP-NAS's serial step starts from fine_tune's record: fine_tune runs first, in this process
     first = ["fine_tune"] if step is spnas_serial else None
     out, lost = run_losing_a_node(cluster, cfg, tmp_path, first=first)
     assert_rerun_once(out, name, lost, expected)
