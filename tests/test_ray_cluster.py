@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _ray_cluster import LocalCluster, Node, ray_command
+from _ray_cluster import LocalCluster, Node, processes, ray_command
 from test_detnas_pipeline import detnas_config
 from test_spnas_pipeline import spnas_config
 
@@ -34,6 +34,7 @@ from nasdet.search.records import RecordStore
 pytestmark = pytest.mark.ray_cluster
 
 TOKEN = Path.home() / ".ray" / "auth_token"
+POLL_S = 0.1  # a candidate runs for seconds on its node (its worker imports torch first)
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +82,14 @@ class Killer(threading.Thread):
         deadline = time.monotonic() + self.timeout
         try:
             while True:
-                busy = [n for n in self.nodes if n.busy_workers("_ray_call")]
+                procs = processes()  # one look at /proc for all the nodes: it costs CPU
+                busy = [n for n in self.nodes if n.busy_workers("_ray_call", procs)]
                 if busy:
                     break
                 if self.step_over.is_set() or time.monotonic() > deadline:
                     self.error = "no candidate ever ran on a worker node"
                     return
-                time.sleep(0.05)
+                time.sleep(POLL_S)
             self.node_id = busy[0].node_id()
             busy[0].kill()
         except Exception as exc:  # noqa: BLE001 - reported by the test
