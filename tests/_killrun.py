@@ -1,24 +1,32 @@
-"""Kill-and-resume harness: ``nasdet run`` in a subprocess (its own process group), SIGKILLed
-at points read from its log, and the records of a run compared with another run's.
+"""Kill-and-resume harness: ``nasdet run`` in a process of its own (its own process group),
+SIGKILLed at points read from its log, and the records of a run compared with another run's.
 
 A kill point is a sequence of regular expressions that must match, in this order, lines the run
 appends to ``DIR/nasdet.log`` (every ``nasdet run`` logs at DEBUG there, one flushed line per
 record); the whole process group is killed as soon as the last one has matched. The run directory
 is reused from kill to kill, so a chain of kills costs about one run plus a start per kill.
+
+A run is ``nasdet.cli.main(["-q", "run", ...])`` (what ``python -m nasdet`` calls) in a process
+of its own, in a session of its own, forked by a ``multiprocessing`` fork server that has
+imported nasdet, torch, torchvision and scikit-learn once (:data:`PRELOAD`): a start then costs
+a fork, not the 5-10 CPU seconds of those imports, which a chain of kills would pay again at
+every restart.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import forkserver
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -39,39 +47,87 @@ class KillPoint:
     patterns: tuple[str, ...]
 
 
+# what a run imports: loaded once, by the fork server, before it forks the runs
+PRELOAD = [
+    "torch",
+    "torchvision",
+    "torch.utils.tensorboard",
+    "sklearn.datasets",
+    "scipy.stats",
+    "faster_coco_eval",
+    "plotly.graph_objs",
+    "rich.progress",
+    "nasdet.cli",
+    "nasdet.methods",
+    "nasdet.pipeline",
+]
+
+
 def command(config: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "nasdet", "-q", "run", str(config), "--out", str(out)]
+    """The arguments of ``nasdet`` for a run of ``config`` in ``out``."""
+    return ["-q", "run", str(config), "--out", str(out)]
 
 
 def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def start_fork_server() -> None:
+    """Start the fork server now (it imports :data:`PRELOAD` in the background, meanwhile the
+    caller goes on), with ``OMP_NUM_THREADS=1`` as it loads torch. Idempotent."""
+    forkserver.set_forkserver_preload(PRELOAD)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
+def _nasdet(args: list[str], output: str, env: dict[str, str]) -> None:
+    """In the forked process: a session of its own (its group id is its pid), stdout and stderr
+    appended to ``output``, the environment ``env``; then ``nasdet ARGS`` (its status is this
+    process's exit status)."""
+    os.setsid()
+    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    import torch
+
+    torch.set_num_threads(1)
+    from nasdet.cli import main
+
+    sys.exit(main(args))
+
+
 @contextmanager
-def started(cmd: Sequence[str], output: Path) -> Iterator[subprocess.Popen]:
-    """``cmd`` running in its own process group (stdout and stderr to ``output``); the group is
-    SIGKILLed on the way out if it is still there."""
-    with output.open("ab") as sink:
-        proc = subprocess.Popen(
-            list(cmd),
-            env=environment(),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+def started(args: Sequence[str], output: Path) -> Iterator[BaseProcess]:
+    """``nasdet ARGS`` running in its own process group (stdout and stderr to ``output``); the
+    group is SIGKILLed on the way out if it is still there."""
+    start_fork_server()
+    proc = multiprocessing.get_context("forkserver").Process(
+        target=_nasdet, args=(list(args), str(output), environment()), daemon=False
+    )
+    proc.start()
     try:
         yield proc
     finally:
-        if proc.poll() is None:
+        if proc.exitcode is None:
             kill_group(proc)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: BaseProcess) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the pid
-    except ProcessLookupError:
-        pass
-    proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)  # setsid: the group id is the pid
+    except ProcessLookupError:  # not in its own session yet (or gone): the process alone
+        proc.kill()
+    proc.join()
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -101,16 +157,16 @@ def run_and_kill(config: Path, out: Path, point: KillPoint, *, timeout_s: float 
                         seen += 1
                 if seen == len(patterns):
                     break
-            if proc.poll() is not None:
+            if proc.exitcode is not None:
                 raise AssertionError(
-                    f"kill point {point.name!r} never came: the run exited with {proc.returncode}"
+                    f"kill point {point.name!r} never came: the run exited with {proc.exitcode}"
                     f"\n--- output ---\n{_tail(output)}\n--- log ---\n{_tail(log)}"
                 )
             if time.monotonic() > deadline:
                 raise AssertionError(f"kill point {point.name!r}: no match in {timeout_s:.0f} s")
             time.sleep(POLL_S)
         kill_group(proc)
-    assert proc.returncode == -signal.SIGKILL, f"{point.name}: exit status {proc.returncode}"
+    assert proc.exitcode == -signal.SIGKILL, f"{point.name}: exit status {proc.exitcode}"
 
 
 def run_to_end(config: Path, out: Path, *, timeout_s: float = 300.0) -> None:
@@ -120,12 +176,11 @@ def run_to_end(config: Path, out: Path, *, timeout_s: float = 300.0) -> None:
         wait_ok(proc, output, timeout_s)
 
 
-def wait_ok(proc: subprocess.Popen, output: Path, timeout_s: float) -> None:
-    try:
-        rc = proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"no end in {timeout_s:.0f} s:\n{_tail(output)}") from None
-    assert rc == 0, f"exit status {rc}:\n{_tail(output)}"
+def wait_ok(proc: BaseProcess, output: Path, timeout_s: float) -> None:
+    proc.join(timeout_s)
+    if proc.exitcode is None:
+        raise AssertionError(f"no end in {timeout_s:.0f} s:\n{_tail(output)}")
+    assert proc.exitcode == 0, f"exit status {proc.exitcode}:\n{_tail(output)}"
 
 
 # ----------------------------------------------------------------------------- comparison

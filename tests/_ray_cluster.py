@@ -41,7 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
+Processes = dict[int, tuple[int, int, str]]
+
+
+def processes() -> Processes:
     """pid -> (parent pid, process group, command line) of the processes now running."""
     out = {}
     for entry in os.listdir("/proc"):
@@ -68,9 +71,10 @@ class Node:
     def started(self) -> bool:
         return STARTED in self.log.read_text(errors="replace")
 
-    def raylet(self) -> tuple[int, str] | None:
-        """(pid, command line) of this node's raylet, if it runs."""
-        for pid, (_, pgid, cmd) in _processes().items():
+    def raylet(self, procs: Processes | None = None) -> tuple[int, str] | None:
+        """(pid, command line) of this node's raylet, if it runs (in ``procs``, a snapshot of
+        :func:`processes`, when given)."""
+        for pid, (_, pgid, cmd) in (procs or processes()).items():
             if pgid == self.proc.pid and "/raylet/raylet " in cmd:
                 return pid, cmd
         return None
@@ -87,18 +91,20 @@ class Node:
 
     def pids(self) -> list[int]:
         """The node's processes: its ``ray start`` session and every child of its raylet."""
-        procs = _processes()
+        procs = processes()
         group = {pid for pid, (_, pgid, _) in procs.items() if pgid == self.proc.pid}
         return sorted(group | {pid for pid, (ppid, _, _) in procs.items() if ppid in group})
 
-    def busy_workers(self, task: str) -> list[int]:
-        """Workers of this node running the remote function named ``task`` now."""
-        found = self.raylet()
+    def busy_workers(self, task: str, procs: Processes | None = None) -> list[int]:
+        """Workers of this node running the remote function named ``task`` now (in ``procs``, a
+        snapshot of :func:`processes`, when given)."""
+        procs = procs or processes()
+        found = self.raylet(procs)
         if found is None:
             return []
         return [
             pid
-            for pid, (ppid, _, cmd) in _processes().items()
+            for pid, (ppid, _, cmd) in procs.items()
             if ppid == found[0] and cmd.startswith(f"ray::{task}")
         ]
 

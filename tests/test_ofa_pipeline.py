@@ -156,11 +156,14 @@ def test_supernet_train_under_torchrun(digits_root: Path, tmp_path: Path) -> Non
     cfg = ofa_config(digits_root)
     path = _write(tmp_path, cfg)
     out = tmp_path / "run"
-    args = ["-m", "nasdet", "-q", "run", str(path), "--out", str(out)]
-    refused = run_torchrun(args, tmp_path)
-    assert refused.returncode not in (0, None), refused.report()
-    proc = run_torchrun([*args, "--steps", "supernet_train"], tmp_path)
+    # every rank: `nasdet run` of all the steps is refused, then `--steps supernet_train` runs
+    script = Path(__file__).with_name("_refused_then_run.py")
+    args = [str(script), "supernet_train", "-q", "run", str(path), "--out", str(out)]
+    proc = run_torchrun(args, tmp_path)
     assert proc.returncode == 0, proc.report()
+    for err in proc.stderr:
+        assert "nasdet: error: under torchrun only supernet_train runs" in err, proc.report()
+        assert "refused: exit status 2" in err, proc.report()
     store = RecordStore(out / "records.sqlite")
     assert [r.status for r in store.records("supernet_train")] == ["done"]
     supernet = nasdet.load_model(out / "output" / "supernet_train" / "supernet.pth")

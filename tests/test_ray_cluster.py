@@ -10,6 +10,7 @@ its two runs take about 70 CPU seconds in all (the Ray processes, the workers, t
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _ray_cluster import LocalCluster, Node, ray_command
+from _ray_cluster import LocalCluster, Node, processes, ray_command
 from test_detnas_pipeline import detnas_config
 from test_spnas_pipeline import spnas_config
 
@@ -33,6 +34,7 @@ from nasdet.search.records import RecordStore
 pytestmark = pytest.mark.ray_cluster
 
 TOKEN = Path.home() / ".ray" / "auth_token"
+POLL_S = 0.1  # a candidate runs for seconds on its node (its worker imports torch first)
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +82,14 @@ class Killer(threading.Thread):
         deadline = time.monotonic() + self.timeout
         try:
             while True:
-                busy = [n for n in self.nodes if n.busy_workers("_ray_call")]
+                procs = processes()  # one look at /proc for all the nodes: it costs CPU
+                busy = [n for n in self.nodes if n.busy_workers("_ray_call", procs)]
                 if busy:
                     break
                 if self.step_over.is_set() or time.monotonic() > deadline:
                     self.error = "no candidate ever ran on a worker node"
                     return
-                time.sleep(0.05)
+                time.sleep(POLL_S)
             self.node_id = busy[0].node_id()
             busy[0].kill()
         except Exception as exc:  # noqa: BLE001 - reported by the test
@@ -97,17 +100,24 @@ def run_losing_a_node(
     cluster: LocalCluster, cfg: dict, tmp_path: Path, *, first: list[str] | None = None
 ) -> tuple[Path, str]:
     """``nasdet run`` of ``cfg`` while the worker node that runs the first candidate is killed;
-    the run folder and the lost node's id. ``first``: steps run before, undisturbed (``--steps``;
-    the run then resumes after them)."""
+    the run folder and the lost node's id. ``first``: steps run before, undisturbed, in this
+    process (``--steps`` with ``search.executor: inprocess``, a key a run may change when it
+    resumes: the run then resumes after them on the cluster)."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
+    if first:
+        local = copy.deepcopy(cfg)
+        for key in ("address", "workers"):
+            local["search"].pop(key, None)
+        local["search"]["executor"] = "inprocess"
+        before = tmp_path / "first.yaml"
+        before.write_text(yaml.safe_dump(local))
+        assert main(["-q", "run", str(before), "--out", str(out), "--steps", ",".join(first)]) == 0
     live = [n for n in cluster.nodes[1:] if not n.killed]
     while len(live) < 2:  # a node killed by an earlier test is replaced
         live.append(cluster.add_node())
         cluster.wait(live[-1])  # up before the step starts: its first candidates can go there
-    if first:
-        assert main(["-q", "run", str(path), "--out", str(out), "--steps", ",".join(first)]) == 0
     killer = Killer(live)
     killer.start()
     try:
@@ -172,7 +182,7 @@ def test_a_step_survives_losing_a_node(
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg, name, expected = step(cluster, digits_root, cls_root, monkeypatch)
-    # SP-NAS's fine_tune runs on the cluster too: it runs first, undisturbed
+    # SP-NAS's serial step starts from fine_tune's record: fine_tune runs first, in this process
     first = ["fine_tune"] if step is spnas_serial else None
     out, lost = run_losing_a_node(cluster, cfg, tmp_path, first=first)
     assert_rerun_once(out, name, lost, expected)
