@@ -104,7 +104,8 @@ def subnet_job(
     return {
         "key": f"{tag}|{genotype}|{seed}",
         "config": config,
-        "out": str(runs / tag / f"{genotype}_s{seed}"),
+        # the epochs name the directory: another --rank-epochs never reuses these results
+        "out": str(runs / tag / f"{genotype}_s{seed}_e{epochs}"),
     }
 
 
