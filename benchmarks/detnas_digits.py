@@ -65,14 +65,13 @@ def standalone(cfg, codes, epochs: int, runs: Path, seeds=(0,), *, train: bool =
     search split (the same split for every seed: the config's seed draws it); with
     ``train=False`` only the results already there. Per code, the mean over the seeds:
     ``metrics`` (mAP and the other COCO stats), ``cost``, ``train_seconds``, and ``per_seed``
-    (each seed's mAP); a code lacking a seed's result is left out. Seed 0 lives in
-    ``detnas_standalone/<code>`` (where the one-seed benchmark kept it), seed s in
-    ``detnas_standalone/seed<s>/<code>``."""
+    (each seed's mAP); a code lacking a seed's result is left out. Seed s of ``epochs`` lives in
+    ``detnas_standalone/e<epochs>/seed<s>/<code>``: other epochs never reuse these results."""
     results = {}
     for code in codes:
         per_seed = []
         for seed in seeds:
-            folder = runs / "detnas_standalone" / (f"seed{seed}" if seed else "") / str(code)
+            folder = runs / "detnas_standalone" / f"e{epochs}" / f"seed{seed}" / str(code)
             done = folder / "result.json"
             if not done.is_file() and train:
                 done.write_text(json.dumps(train_standalone(cfg, code, seed, epochs, folder)))
