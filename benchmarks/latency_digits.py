@@ -20,7 +20,10 @@ Parts (all by default; each resumes where it stopped):
   with the ``tune`` step from the search's ``ss_checkpoint``) for seeds 1 and 2, two processes of
   one thread at a time (seed 0 is the pipeline's); ``resolution-seeds``: the same for the net
   searched with resolution; ``scratch``: the searched architecture trained from scratch with the
-  baseline's setup for seeds 0, 1 and 2 (the equal-budget comparison);
+  baseline's setup for seeds 0, 1 and 2 (the equal-budget comparison); ``baseline-tuned``: the
+  baseline's architecture (variant 0 everywhere) tuned from the same space checkpoint as the
+  searched net, seeds 0, 1 and 2 (ENOT's protocol applied to both: the fair form of its
+  comparison);
 - ``report``: the markdown.
 
     python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import re
@@ -293,7 +295,7 @@ def _map_of(job: dict[str, Any]) -> float:
 def seed_jobs(
     raw: dict[str, Any],
     run: Path,
-    which: tuple[str, ...] = ("baseline", "pipeline", "resolution", "scratch"),
+    which: tuple[str, ...] = ("baseline", "pipeline", "resolution", "scratch", "baseline-tuned"),
 ) -> list[dict[str, Any]]:
     jobs = []
     base = {k: raw[k] for k in ("data", "model", "train") if k in raw}
@@ -311,17 +313,20 @@ def seed_jobs(
             ("pipeline", "search", "search_space"),
             ("resolution", "search_with_resolution", "search_space"),
             ("scratch", "search", "scratch"),
+            ("baseline-tuned", "search", "search_space"),
         ):
-            if name not in which or (name != "scratch" and s == SEEDS[0]):
-                continue  # seed 0 of a tune from the space is the run's own
-            src = "pipeline" if name == "scratch" else name
+            own = name in ("pipeline", "resolution")  # seed 0 is the run's own tune
+            if name not in which or (own and s == SEEDS[0]):
+                continue
+            src = name if own else "pipeline"
             ckpt = run / src / "output" / step / "search_space.pt"
             if not ckpt.is_file():
                 continue
             tune = {
                 **raw.get("tune", {}),
                 "ss_checkpoint": str(ckpt),
-                "searched_arch": None,
+                # the baseline's architecture (variant 0 everywhere), tuned like the searched net
+                "searched_arch": _baseline_arch(ckpt) if name == "baseline-tuned" else None,
                 "init": init,
             }
             cfg = {
@@ -354,6 +359,13 @@ def seed_jobs(
     return jobs
 
 
+def _baseline_arch(ckpt: Path) -> list[int]:
+    """Variant 0 for every searchable block of the space in ``ckpt``: the baseline."""
+    from nasdet.models.io import read_model_file
+
+    return [0] * len(read_model_file(ckpt)["meta"]["searched_arch"])
+
+
 def seeds(raw: dict[str, Any], run: Path, which: tuple[str, ...]) -> dict[str, float]:
     with ThreadPoolExecutor(2) as pool:
         return {r["name"]: r["mAP"] for r in pool.map(_seed_job, seed_jobs(raw, run, which))}
@@ -362,9 +374,19 @@ def seeds(raw: dict[str, Any], run: Path, which: tuple[str, ...]) -> dict[str, f
 # ----------------------------------------------------------------------------- report
 def cpu_latency(run: Path, dest: Path) -> dict[str, dict[str, float]]:
     """CPU latency (torch, one thread, batch 1, backbone + head as the LUT times them) of the
-    baseline's and the tuned nets' model files (kept in ``dest``)."""
+    baseline's and the tuned nets' model files (kept in ``dest``). When a net is there that
+    ``dest`` lacks, all are timed again in one run, so that their ratios compare nets timed under
+    the same conditions."""
+    files = {
+        "baseline": run / "pipeline" / "output" / "baseline" / "model.pt",
+        "pipeline": run / "pipeline" / "output" / "tune" / "model.pt",
+        "resolution": run / "resolution" / "output" / "tune" / "model.pt",
+    }
+    files = {k: v for k, v in files.items() if v.is_file()}
     if dest.is_file():
-        return json.loads(dest.read_text())
+        kept = json.loads(dest.read_text())
+        if set(files) <= set(kept):
+            return kept
     import torch
 
     from nasdet.build import load_model
@@ -373,15 +395,8 @@ def cpu_latency(run: Path, dest: Path) -> dict[str, dict[str, float]]:
     from nasdet.methods.latency.latency import Network
 
     torch.set_num_threads(1)
-    files = {
-        "baseline": run / "pipeline" / "output" / "baseline" / "model.pt",
-        "pipeline": run / "pipeline" / "output" / "tune" / "model.pt",
-        "resolution": run / "resolution" / "output" / "tune" / "model.pt",
-    }
     out = {}
     for name, path in files.items():
-        if not path.is_file():
-            continue
         detector = load_model(path, Model)
         side = detector.transform.fixed_size[0]
         x = torch.zeros(1, 3, side, side)
@@ -405,6 +420,34 @@ def _ms(timed: dict[str, dict[str, float]], name: str) -> str:
     ms = timed[name]["ms"]
     base = timed.get("baseline", {}).get("ms")
     return f"{ms:.1f} ({ms / base:.2f})" if base else f"{ms:.1f}"
+
+
+def _of(seeds_map: dict[str, float], key: str, which) -> dict[int, float]:  # noqa: ANN001
+    """``{seed: mAP}`` of the trained ``key|seed`` entries among ``which``."""
+    return {s: seeds_map[f"{key}|{s}"] for s in which if f"{key}|{s}" in seeds_map}
+
+
+def _drop(base: dict[int, float], maps: dict[int, float]) -> str:
+    """Baseline mean − ``maps`` mean, in mAP points."""
+    if not base or not maps:
+        return ""
+    return f"{(statistics.mean(base.values()) - statistics.mean(maps.values())) * 100:+.1f} pts"
+
+
+def _paired(first: str, a: dict[int, float], second: str, b: dict[int, float]) -> str:
+    """A table row: ``b − a`` over the seeds both have, mean ± sd in points, paired t-test."""
+    from scipy.stats import ttest_rel
+
+    common = sorted(set(a) & set(b))
+    diffs = [(b[s] - a[s]) * 100 for s in common]
+    if len(common) < 2:
+        return f"| {first} | {second} | {len(common)} | {diffs[0]:+.1f} | - | - |"
+    res = ttest_rel([b[s] for s in common], [a[s] for s in common])
+    sd = statistics.stdev(diffs)
+    return (
+        f"| {first} | {second} | {len(common)} | {statistics.mean(diffs):+.1f} ± {sd:.1f} | "
+        f"{res.statistic:.2f} | {res.pvalue:.3f} |"
+    )
 
 
 def _mean_sd(xs: list[float]) -> str:
@@ -446,8 +489,9 @@ def markdown(
         "| model | arch | side | LUT MMAC | ratio | CPU ms (ratio) | val mAP | drop |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    base_maps: list[float] = []
+    base_maps: dict[int, float] = {}
     base_cost = None
+    per_seed: dict[str, dict[int, float]] = {}
     for name, label in (
         ("pipeline", "searched, tuned from the space (ENOT)"),
         ("resolution", "searched with resolution, tuned from the space"),
@@ -458,42 +502,72 @@ def markdown(
         if name == "pipeline" and "baseline|baseline" in recs:
             b = recs["baseline|baseline"]
             base_cost = b.cost["latency_lut"]
-            base_maps = [b.metrics["mAP"]] + [
-                seeds_map[f"baseline|{s}"] for s in SEEDS[1:] if f"baseline|{s}" in seeds_map
-            ]
+            base_maps = {SEEDS[0]: b.metrics["mAP"]} | _of(seeds_map, "baseline", SEEDS[1:])
             rows.append(
-                f"| baseline | all 0 | {raw['model']['min_size']} | {base_cost:.1f} | 1.00 | "
-                f"{_ms(timed, 'baseline')} | {_mean_sd(base_maps)} ({len(base_maps)} seeds) | |"
+                f"| baseline, trained from scratch | all 0 | {raw['model']['min_size']} | "
+                f"{base_cost:.1f} | 1.00 | {_ms(timed, 'baseline')} | "
+                f"{_mean_sd(list(base_maps.values()))} ({len(base_maps)} seeds) | |"
             )
+            tuned = _of(seeds_map, "baseline-tuned", SEEDS)
+            if tuned:
+                per_seed["baseline-tuned"] = tuned
+                rows.append(
+                    f"| baseline, tuned from the space like the searched nets | all 0 | "
+                    f"{raw['model']['min_size']} | {base_cost:.1f} | 1.00 | "
+                    f"{_ms(timed, 'baseline')} | {_mean_sd(list(tuned.values()))} "
+                    f"({len(tuned)} seeds) | {_drop(base_maps, tuned)} |"
+                )
         tunes = [r for k, r in recs.items() if k.startswith("tune|")]
         if not tunes:
             continue
         t = tunes[0]
         ratio = t.cost["latency_lut"] / base_cost if base_cost else float("nan")
-        variants = [(name, label, [t.metrics["mAP"]])]
+        variants = [(name, label, {SEEDS[0]: t.metrics["mAP"]})]
         if name == "pipeline":
-            variants.append(("scratch", "searched, trained from scratch", []))
+            variants.append(("scratch", "searched, trained from scratch", {}))
         for key, text, first in variants:
-            maps = first + [seeds_map[f"{key}|{s}"] for s in SEEDS if f"{key}|{s}" in seeds_map]
+            maps = first | _of(seeds_map, key, SEEDS if key == "scratch" else SEEDS[1:])
             if not maps:
                 continue
-            drop = statistics.mean(base_maps) - statistics.mean(maps) if base_maps else math.nan
+            per_seed[key] = maps
             rows.append(
                 f"| {text} | `{t.extra['arch']}` | {t.extra['resolution']} | "
                 f"{t.cost['latency_lut']:.1f} | {ratio:.2f} | {_ms(timed, name)} | "
-                f"{_mean_sd(maps)} ({len(maps)} seeds) | {drop * 100:+.1f} pts |"
+                f"{_mean_sd(list(maps.values()))} ({len(maps)} seeds) | "
+                f"{_drop(base_maps, maps)} |"
             )
+    pairs = [
+        ("baseline, trained from scratch", base_maps, "searched, trained from scratch",
+         per_seed.get("scratch")),
+        ("baseline, tuned from the space", per_seed.get("baseline-tuned"),
+         "searched, tuned from the space", per_seed.get("pipeline")),
+        ("searched without resolution, tuned", per_seed.get("pipeline"),
+         "searched with resolution, tuned", per_seed.get("resolution")),
+    ]  # fmt: skip
+    paired = [_paired(*p) for p in pairs if p[1] and p[3]]
     if len(rows) > 2:
         lines += [
             "**Searched against the baseline** (the baseline trained from scratch with `train`; "
             "the searched nets tuned with the same `train` from the space's weights, as ENOT "
-            "does, so they inherit the baseline's and the pretrain's epochs; the row 'from "
+            "does, so they inherit the baseline's and the pretrain's epochs; the row 'baseline, "
+            "tuned from the space' gives the baseline's own architecture that same tune from the "
+            "same space checkpoint, the fair form of ENOT's comparison; the row 'from "
             "scratch' is the searched architecture alone at the baseline's budget; mean ± sd "
-            "over seeds; drop = baseline mean − searched mean, target <= 2 mAP points at "
-            "0.6 x the baseline's latency; CPU ms: backbone + head at batch 1 on one thread, "
-            "torch, median):",
+            "over seeds; drop = mean of the baseline trained from scratch − the row's mean, "
+            "target <= 2 mAP points at 0.6 x the baseline's latency; CPU ms: backbone + head at "
+            "batch 1 on one thread, torch, median):",
             "",
             *rows,
+            "",
+        ]
+    if paired:
+        lines += [
+            "**Paired by seed** (difference = second − first, in mAP points; a paired t-test "
+            "over the seeds both have, `scipy.stats.ttest_rel`):",
+            "",
+            "| first | second | seeds | difference | t | p |",
+            "|---|---|---:|---:|---:|---:|",
+            *paired,
             "",
         ]
     if lut:
@@ -563,6 +637,8 @@ def main() -> None:
     seeds_map = seeds(raw, run, ("baseline", "pipeline")) if "seeds" in parts else {}
     if "scratch" in parts:
         seeds_map.update(seeds(raw, run, ("scratch",)))
+    if "baseline-tuned" in parts:
+        seeds_map.update(seeds(raw, run, ("baseline-tuned",)))
     if "resolution-seeds" in parts:
         seeds_map.update(seeds(raw, run, ("resolution",)))
     if "report" in parts:
