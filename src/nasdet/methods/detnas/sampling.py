@@ -123,8 +123,9 @@ def sampling_hook(
         return None
     if sampling not in ("strict_fair", "sandwich"):
         raise ValueError(f"sampling must be uniform, strict_fair or sandwich, got {sampling!r}")
-    adapter = ShuffleNetSampling(body)
-    if sampling == "sandwich":
+    if sampling == "strict_fair":
+        adapter = ShuffleNetSampling(body)
+    else:
         largest, smallest = flops_extremes(body, image_size)
         adapter = ShuffleNetSampling(body, largest, smallest)
         log.info("sandwich: largest %s, smallest %s (backbone FLOPs at %d px)", largest, smallest,
