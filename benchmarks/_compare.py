@@ -62,8 +62,10 @@ def verdict(a: dict[str, Any], b: dict[str, Any], pair: dict[str, Any] | None) -
         note = "" if sig else " (mAP gap not significant)"
         return f"{b['label']} dominates {a['label']}{note}"
     worse = [w for w, bad in (("less accurate", mb < ma), ("not cheaper", not cheaper)) if bad]
-    return f"{b['label']} does NOT dominate {a['label']}: " + " and ".join(worse) + (
-        " (significant, p < 0.05)" if sig and mb < ma else ""
+    return (
+        f"{b['label']} does NOT dominate {a['label']}: "
+        + " and ".join(worse)
+        + (" (significant, p < 0.05)" if sig and mb < ma else "")
     )
 
 
