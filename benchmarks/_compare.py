@@ -21,14 +21,19 @@ SEEDS = (0, 1, 2)
 
 
 def run_compare(
-    out: Path, configs: dict[str, dict[str, Any]], seeds=SEEDS, threads: int = 2
+    out: Path, configs: dict[str, dict[str, Any] | Path], seeds=SEEDS, threads: int = 2
 ) -> dict[str, Any]:
-    """``nasdet compare`` of the labelled train configs (``{label: {data, model, train, ...}}``,
-    the first one's budget for all) over ``seeds``, in ``out``; its ``compare.json``. A compare
-    with a failed training exits 1: that stops the benchmark with the command's last lines."""
+    """``nasdet compare`` of the labelled architectures over ``seeds``, in ``out``; its
+    ``compare.json``. Each is a train config (``{data, model, train, ...}``; the first one's
+    budget is everyone's) or a model file a run wrote (its architecture, from scratch). A
+    compare with a failed training exits 1: that stops the benchmark with the command's last
+    lines."""
     out.mkdir(parents=True, exist_ok=True)
     args = []
     for label, config in configs.items():
+        if isinstance(config, Path):
+            args.append(f"{label}={config}")
+            continue
         path = out.parent / f"{out.name}.{label}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         args.append(f"{label}={path}")

@@ -6,6 +6,10 @@ trains the starting architecture from scratch for as many detection epochs as th
 received along its lineage (fine-tune + each ancestor's candidate epochs + full training) and
 compares both on the val split. The search wins if it Pareto-dominates on (mAP up, params down).
 
+With ``--compare`` (about 4 h on 2 CPU cores) both architectures are also trained from scratch
+with that budget for seeds 0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired t-test, verdict),
+which the markdown then shows below the one-seed table.
+
     python benchmarks/spnas_digits.py --out docs/benchmarks/spnas.md
 """
 
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 
 from _common import machine_line, write_fragment
+from _compare import compare_markdown, run_compare
 
 import nasdet
 from nasdet.cost import measure_cost
@@ -52,6 +57,7 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "spnas_digits.yaml")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "benchmarks")
     p.add_argument("--out", type=Path, help="write the markdown here")
+    p.add_argument("--compare", action="store_true", help="also 3 seeds through nasdet compare")
     args = p.parse_args()
     cfg = load_run_config(args.config)
     out = args.runs / "spnas_digits"
@@ -91,6 +97,12 @@ def main() -> None:
         f"| {won.cost['macs'] / 1e9:.3f} | {epochs} | {won.metrics['mAP']:.3f} "
         f"| {won.metrics['AP50']:.3f} |",
     ]
+    if args.compare:  # the winner's architecture (its model file) from scratch, like the start
+        summary = run_compare(
+            args.runs / "spnas_compare", {"start": base, "winner": Path(won.weights_path)}
+        )
+        rows += ["", "**3 seeds** (`nasdet compare`, both from scratch):", "",
+                 compare_markdown(summary, first="start")]  # fmt: skip
     counts = {s: len(store.records(s)) for s in cfg.steps}
     text = "\n".join(
         [
