@@ -99,6 +99,33 @@ def test_schedule_errors_are_one_line(digits_root: Path, tmp_path: Path) -> None
     assert "\n" not in str(e.value)
 
 
+def test_mepa_scheduler_forms(digits_root: Path, tmp_path: Path) -> None:
+    """aw_nas's own OFA example (``{type: CosineAnnealingLR, T_max: 80, eta_min: 0.0}``) and the
+    warm-restarts form with ``T_mult``/``eta_min`` map onto the supernet step's schedule."""
+    from nasdet.methods.ofa.steps import supernet_config
+
+    def train(**sched: object):  # noqa: ANN202
+        cfg = ofa_config(digits_root)
+        cfg["supernet_train"]["evaluator_cfg"]["mepa_scheduler"] = sched
+        return supernet_config(load_run_config(_write(tmp_path, cfg))).train
+
+    t = train(type="CosineAnnealingLR", T_max=80, eta_min=0.0)
+    assert (t.schedule, t.cosine_epochs, t.min_lr, t.restart_epochs) == ("cosine", 80, 0.0, None)
+    t = train(type="CosineAnnealingWarmRestarts", T_mult=2, eta_min=0.001)
+    assert (t.schedule, t.restart_epochs, t.restart_mult, t.min_lr) == (
+        "cosine_restarts", 1, 2, 0.001)  # T_0: the schedule's phase interval (1 epoch)  # fmt: skip
+    assert train().schedule == "cosine_restarts" and train().min_lr == 0.0
+    for sched, msg in (
+        ({"type": "CosineAnnealingLR", "T_0": 5}, "T_0 is for CosineAnnealingWarmRestarts"),
+        ({"T_max": 5}, "T_max is for CosineAnnealingLR"),
+        ({"type": "StepLR"}, "mepa_scheduler.type"),
+        ({"eta_min": 1.0}, r"eta_min \(1.0\) must be below mepa_optimizer.lr"),
+    ):
+        with pytest.raises(ConfigError, match=msg) as e:
+            train(**sched)
+        assert "\n" not in str(e.value) and "mepa_scheduler" in str(e.value)
+
+
 def test_data_portion_sets_the_search_split(digits_root: Path, tmp_path: Path) -> None:
     cfg = load_run_config(_write(tmp_path, ofa_config(digits_root)))
     assert cfg.data.search_fraction == 0.25

@@ -65,6 +65,67 @@ def test_cosine_restarts_back_to_peak_every_t0() -> None:
     )
 
 
+def test_min_lr_restart_mult_and_cosine_period_match_torch() -> None:
+    """``eta_min``, ``restart_mult`` (T_mult) and ``cosine_iters`` (T_max) give torch's own
+    schedulers' learning rates after the warm-up (aw_nas's mepa_scheduler keys)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts
+
+    def torch_lrs(make, total: int) -> list[float]:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        lrs = []
+        for _ in range(total):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return lrs
+
+    got = _lrs("cosine_restarts", 2 + 21, warmup_iters=2, restart_iters=3, restart_mult=2,
+               eta_min=0.05)  # fmt: skip
+    want = torch_lrs(lambda o: CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.05), 21)
+    assert got[2:] == pytest.approx(want)
+    assert min(got[2:]) > 0.05 and got[2 + 3] == pytest.approx(1.0)  # a restart after 3
+    assert got[2 + 3 + 6] == pytest.approx(1.0)  # the next after 6 (T_mult 2)
+    # cosine with a period shorter than the run: torch's CosineAnnealingLR goes back up
+    got = _lrs("cosine", 2 + 20, warmup_iters=2, cosine_iters=5, eta_min=0.1)
+    want = torch_lrs(lambda o: CosineAnnealingLR(o, T_max=5, eta_min=0.1), 20)
+    assert got[2:] == pytest.approx(want)
+    assert got[2 + 5] == pytest.approx(0.1) and got[2 + 10] == pytest.approx(1.0)
+    # the defaults are the former schedules
+    assert _lrs("cosine", 20, warmup_iters=4, eta_min=0.0) == _lrs("cosine", 20, warmup_iters=4)
+    with pytest.raises(ValueError, match="restart_mult"):
+        _lrs("cosine_restarts", 5, restart_mult=0)
+
+
+def test_scheduler_keys_config(tmp_path: Path) -> None:
+    from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts
+
+    from nasdet.build import make_trainer
+    from nasdet.errors import ConfigError
+
+    base = {"epochs": 4, "batch_size": 4, "warmup_iters": 0, "tensorboard": False}
+    cfg = parse_config({"train": {**base, "schedule": "cosine_restarts", "restart_epochs": 1,
+                                  "restart_mult": 2, "min_lr": 0.001}})  # fmt: skip
+    sched = make_trainer(TwoBranch(), Points(), cfg, tmp_path).scheduler  # 8 iters per epoch
+    assert isinstance(sched, CosineAnnealingWarmRestarts)
+    assert (sched.T_0, sched.T_mult, sched.eta_min) == (8, 2, 0.001)
+    cfg = parse_config({"train": {**base, "cosine_epochs": 2, "min_lr": 0.01}})
+    sched = make_trainer(TwoBranch(), Points(), cfg, tmp_path).scheduler
+    assert isinstance(sched, CosineAnnealingLR)
+    assert (sched.T_max, sched.eta_min) == (16, 0.01)
+    for train, msg in (
+        ({"restart_mult": 2}, "train: restart_mult is for schedule cosine_restarts, not cosine"),
+        ({"schedule": "multistep", "cosine_epochs": 2},
+         "train: cosine_epochs is for schedule cosine, not multistep"),
+        ({"schedule": "constant", "min_lr": 0.1},
+         "train: min_lr is for schedules cosine and cosine_restarts, not constant"),
+        ({"lr": 0.01, "min_lr": 0.01}, "train: min_lr (0.01) must be below lr (0.01)"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            parse_config({"train": train}, source="a.yaml")
+        assert str(err.value) == f"a.yaml: {msg}"
+
+
 def test_restart_epochs_config(tmp_path: Path) -> None:
     from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 
@@ -366,3 +427,6 @@ def test_fingerprint_leaves_out_steps_and_checkpoint_interval(digits_root: Path)
     torchrun = fingerprint(["supernet_train"], checkpoint_every=2)
     assert fingerprint(None) == torchrun
     assert fingerprint(None, lr=0.5) != torchrun
+    # keys added later count only when set, so that older checkpoints still resume
+    assert "min_lr" not in torchrun and "cosine_epochs" not in torchrun
+    assert fingerprint(None, min_lr=0.0001) != torchrun

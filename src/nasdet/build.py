@@ -245,6 +245,9 @@ def make_trainer(
         milestones=[m * iters for m in t.milestones],
         gamma=t.gamma,
         restart_iters=restart * iters if (restart := t.restart_epochs or restart_epochs) else None,
+        restart_mult=t.restart_mult,
+        cosine_iters=t.cosine_epochs * iters if t.cosine_epochs else None,
+        eta_min=t.min_lr,
     )
     return Trainer(
         model=model,

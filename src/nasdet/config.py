@@ -335,6 +335,18 @@ class TrainConfig(Strict):
         ge=1,
         description="cosine_restarts: epochs per cosine cycle (default: a method's, else the run)",
     )
+    restart_mult: int = Field(
+        1, ge=1, description="cosine_restarts: each cycle this many times the one before (T_mult)"
+    )
+    cosine_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="cosine: epochs from lr down to min_lr (torch's T_max; after them the lr "
+        "rises again, as torch's CosineAnnealingLR does); default: the rest of the run",
+    )
+    min_lr: float = Field(
+        0.0, ge=0.0, description="cosine, cosine_restarts: the lowest lr (torch's eta_min)"
+    )
     warmup_iters: int = Field(100, ge=0)
     warmup_factor: float = Field(0.001, gt=0.0, le=1.0)
     grad_clip: float | None = Field(10.0, gt=0.0, description="max gradient L2 norm; null = off")
@@ -354,6 +366,16 @@ class TrainConfig(Strict):
     def _restart_epochs(self) -> TrainConfig:
         if self.restart_epochs is not None and self.schedule != "cosine_restarts":
             raise ValueError(f"restart_epochs is for schedule cosine_restarts, not {self.schedule}")
+        if self.restart_mult != 1 and self.schedule != "cosine_restarts":
+            raise ValueError(f"restart_mult is for schedule cosine_restarts, not {self.schedule}")
+        if self.cosine_epochs is not None and self.schedule != "cosine":
+            raise ValueError(f"cosine_epochs is for schedule cosine, not {self.schedule}")
+        if self.min_lr and self.schedule not in ("cosine", "cosine_restarts"):
+            raise ValueError(
+                f"min_lr is for schedules cosine and cosine_restarts, not {self.schedule}"
+            )
+        if self.min_lr >= self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be below lr ({self.lr})")
         return self
 
 

@@ -51,7 +51,17 @@ def config_fingerprint(cfg: Config) -> str:
             "pipeline": True,
         },
     )
+    train = dump.get("train") or {}
+    for key, default in _LATER_TRAIN_KEYS.items():  # at their defaults: as before they existed
+        if train.get(key, default) == default:
+            train.pop(key, None)
     return json.dumps(dump, sort_keys=True)
+
+
+#: ``train`` keys added after checkpoints were first written, with the value that keeps the
+#: former behaviour: at that value a key is left out of the fingerprint, so a checkpoint written
+#: before the key existed still resumes
+_LATER_TRAIN_KEYS: dict[str, object] = {"restart_mult": 1, "cosine_epochs": None, "min_lr": 0.0}
 
 
 def train_step(

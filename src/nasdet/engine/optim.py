@@ -62,20 +62,36 @@ def make_scheduler(
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
     restart_iters: int | None = None,
+    restart_mult: int = 1,
+    cosine_iters: int | None = None,
+    eta_min: float = 0.0,
 ) -> LRScheduler:
     """A per-iteration schedule: linear warm-up from ``warmup_factor * lr`` over ``warmup_iters``
-    iterations, then cosine to 0 / multistep at ``milestones`` (iterations) / constant /
-    cosine_restarts: torch's ``CosineAnnealingWarmRestarts`` (SGDR), a cosine from ``lr`` to 0
-    over ``restart_iters`` iterations, then back to ``lr`` and again, the cycles counted from
-    the end of the warm-up (default: one cycle over the rest of the run, i.e. cosine)."""
+    iterations, then
+
+    - cosine: torch's ``CosineAnnealingLR``, from ``lr`` to ``eta_min`` over ``cosine_iters``
+      iterations (default: the rest of the run; a shorter one goes back up after it, as torch's
+      does);
+    - cosine_restarts: torch's ``CosineAnnealingWarmRestarts`` (SGDR), a cosine from ``lr`` to
+      ``eta_min`` over ``restart_iters`` iterations, then back to ``lr`` and again, each cycle
+      ``restart_mult`` times the one before, the cycles counted from the end of the warm-up
+      (default: one cycle over the rest of the run, i.e. cosine);
+    - multistep at ``milestones`` (iterations), or constant."""
     warmup = min(warmup_iters, max(total_iters - 1, 0))
     rest = max(total_iters - warmup, 1)
-    if restart_iters is not None and restart_iters < 1:
-        raise ValueError(f"restart_iters must be >= 1, got {restart_iters}")
+    for name, value in (("restart_iters", restart_iters), ("cosine_iters", cosine_iters)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if restart_mult < 1:
+        raise ValueError(f"restart_mult must be >= 1, got {restart_mult}")
     if schedule == "cosine":
-        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
+        main: LRScheduler = CosineAnnealingLR(
+            optimizer, T_max=cosine_iters or rest, eta_min=eta_min
+        )
     elif schedule == "cosine_restarts":
-        main = CosineAnnealingWarmRestarts(optimizer, T_0=restart_iters or rest)
+        main = CosineAnnealingWarmRestarts(
+            optimizer, T_0=restart_iters or rest, T_mult=restart_mult, eta_min=eta_min
+        )
     elif schedule == "multistep":
         main = MultiStepLR(optimizer, [max(m - warmup, 1) for m in milestones], gamma=gamma)
     elif schedule == "constant":

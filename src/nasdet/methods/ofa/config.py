@@ -60,10 +60,33 @@ class MepaOptimizer(Strict):
 
 
 class MepaScheduler(Strict):
-    type: Literal["CosineAnnealingWarmRestarts"] = "CosineAnnealingWarmRestarts"
+    """aw_nas's ``mepa_scheduler``: torch's ``CosineAnnealingWarmRestarts`` (``T_0``, ``T_mult``)
+    or ``CosineAnnealingLR`` (``T_max``, as aw_nas's own OFA example), each with ``eta_min``;
+    epochs, the learning rate updated every iteration."""
+
+    type: Literal["CosineAnnealingWarmRestarts", "CosineAnnealingLR"] = (
+        "CosineAnnealingWarmRestarts"
+    )
     T_0: int | None = Field(
         None, ge=1, description="epochs of one cosine cycle; null: the schedule's phase interval"
     )
+    T_mult: int = Field(1, ge=1, description="CosineAnnealingWarmRestarts: cycle growth factor")
+    T_max: int | None = Field(
+        None, ge=1, description="CosineAnnealingLR: epochs from lr to eta_min; null: the run"
+    )
+    eta_min: float = Field(0.0, ge=0.0, description="the lowest learning rate")
+
+    @model_validator(mode="after")
+    def _keys_of_type(self) -> MepaScheduler:
+        restarts = self.type == "CosineAnnealingWarmRestarts"
+        for key, used in (("T_0", self.T_0 is not None), ("T_mult", self.T_mult != 1)):
+            if used and not restarts:
+                raise ValueError(f"{key} is for CosineAnnealingWarmRestarts, not {self.type}")
+        if self.T_max is not None and restarts:
+            raise ValueError(
+                "T_max is for CosineAnnealingLR; CosineAnnealingWarmRestarts' cycle is T_0"
+            )
+        return self
 
 
 class EvaluatorCfg(Strict):
@@ -75,6 +98,15 @@ class EvaluatorCfg(Strict):
         description="[0, train, search] fractions of the training split, e.g. [0., 0.9, 0.1]: "
         "the last part scores candidates (sets data.search_fraction)",
     )
+
+    @model_validator(mode="after")
+    def _eta_min(self) -> EvaluatorCfg:
+        if self.mepa_scheduler.eta_min >= self.mepa_optimizer.lr:
+            raise ValueError(
+                f"mepa_scheduler.eta_min ({self.mepa_scheduler.eta_min}) must be below "
+                f"mepa_optimizer.lr ({self.mepa_optimizer.lr})"
+            )
+        return self
 
     @field_validator("data_portion")
     @classmethod

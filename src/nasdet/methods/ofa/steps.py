@@ -59,7 +59,8 @@ def schedule_of(cfg: OFARunConfig) -> ScheduleCfg:
 
 def supernet_config(cfg: OFARunConfig) -> TrainConfig:
     """The training config of supernet training: ``train`` with ``evaluator_cfg``'s batch size,
-    ``mepa_optimizer`` and cosine warm restarts every ``T_0`` epochs (the phase interval)."""
+    ``mepa_optimizer`` and ``mepa_scheduler``: cosine warm restarts every ``T_0`` epochs (default
+    the phase interval), or ``CosineAnnealingLR`` over ``T_max`` epochs, down to ``eta_min``."""
     st = cfg.supernet_train
     assert st is not None
     ev = st.evaluator_cfg
@@ -68,7 +69,17 @@ def supernet_config(cfg: OFARunConfig) -> TrainConfig:
     # phases are uneven, so without schedule_cfg one cosine spans the whole training
     given = st.search_space_cfg.schedule_cfg
     interval = phase_interval(given) if given is not None else None
-    restart = ev.mepa_scheduler.T_0 or interval or cfg.supernet_epochs
+    sched = ev.mepa_scheduler
+    if sched.type == "CosineAnnealingLR":
+        schedule = {"schedule": "cosine", "cosine_epochs": sched.T_max, "restart_epochs": None}
+    else:
+        restart = sched.T_0 or interval or cfg.supernet_epochs
+        schedule = {
+            "schedule": "cosine_restarts",
+            "restart_epochs": restart,
+            "restart_mult": sched.T_mult,
+            "cosine_epochs": None,
+        }
     train = cfg.train.model_copy(
         update={
             "epochs": cfg.supernet_epochs,
@@ -77,8 +88,8 @@ def supernet_config(cfg: OFARunConfig) -> TrainConfig:
             "lr": opt.lr,
             "momentum": opt.momentum,
             "weight_decay": opt.weight_decay,
-            "schedule": "cosine_restarts",
-            "restart_epochs": restart,
+            "min_lr": sched.eta_min,
+            **schedule,
         }
     )
     return TrainConfig.model_validate({**cfg.base(), "train": train.model_dump(mode="json")})
