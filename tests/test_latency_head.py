@@ -22,7 +22,7 @@ from nasdet.errors import ConfigError
 from nasdet.methods import Model
 from nasdet.methods.latency.common import load_space, space_model
 from nasdet.methods.latency.config import LatencyRunConfig
-from nasdet.methods.latency.latency import Network, build_table, inplace_samples
+from nasdet.methods.latency.latency import Network, build_table, cached_table, inplace_samples
 from nasdet.methods.latency.nets import space_body, to_space_detector
 from nasdet.methods.latency.parts import LatencySpaceSpec
 from nasdet.methods.latency.search import choices_table
@@ -118,7 +118,7 @@ def test_a_searched_net_with_head_skips_runs_what_the_space_runs(name: str, tmp_
     space = to_space_detector(_build(arch), [0.5])
     body = space_body(space)
     head = [0, 1] + [0] * (n - 2) + [1] + [0] * (n - 1)  # cls conv 1 and reg conv 0 skipped
-    genotype = LatencyArch(body.space.sample(random.Random(5)).choices[:-2 * n] + tuple(head))
+    genotype = LatencyArch(body.space.sample(random.Random(5)).choices[: -2 * n] + tuple(head))
     smodel = Model.model_validate({**arch, "backbone": _space_spec(arch, n).model_dump()})
     static, sub = export_subnet(space, smodel, genotype, 11)
     assert sub.head_skip == [1, n] and sub.backbone.name == "latency_subnet"
@@ -206,3 +206,16 @@ def test_tune_from_indices_equals_tune_from_ss_checkpoint_with_head_entries(
     assert a1 == a2 == LatencyArch(tuple(chosen)) and r1 == r2 == 64
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     assert not any(k.startswith("head.classification_head.conv.2.") for k in w1)
+
+
+def test_a_cached_lut_of_the_space_without_head_entries_is_measured_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "lut.json"
+    without = cached_table(path, to_space_detector(_build(RETINANET), [0.5], head_skip=False),
+                           64, "mmac")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        lut = cached_table(path, to_space_detector(_build(RETINANET), [0.5]), 64, "mmac")
+    assert "for another space" in caplog.text
+    assert len(without.table) == 16 and len(lut.table) == 24
+    assert lut.baseline == pytest.approx(without.baseline)  # the same network at variant 0

@@ -387,7 +387,8 @@ def cached_table(
 ) -> LatencyTable:
     """The LUT of ``kind`` at ``resolution`` from the JSON cache ``path`` (``{"format":
     LUT_FORMAT, "tables": {"<kind>@<resolution>": ...}}``), measured and added to it when
-    missing. A cache of another format is measured again (and replaced), never read."""
+    missing. A cache of another format is measured again (and replaced), never read; so is a
+    table whose entries and variants are not the space's (``detector``'s)."""
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if cache and cache.get("format") != LUT_FORMAT:
         log.warning("%s: a LUT cache of an older format; measuring the LUT again", path)
@@ -395,8 +396,11 @@ def cached_table(
     cache.setdefault("format", LUT_FORMAT)
     tables = cache.setdefault("tables", {})
     key = f"{kind}@{resolution}"
-    if key in tables:
+    sizes = [len(b.variants) for b in space_body(detector).blocks()]
+    if key in tables and [len(row) for row in tables[key]["table"]] == sizes:
         return LatencyTable(**tables[key])
+    if key in tables:  # e.g. a space without its head's entries
+        log.warning("%s: the cached LUT %s is for another space; measuring it again", path, key)
     lut = build_table(detector, resolution, kind, min_run_time=min_run_time)
     log.info(
         "LUT %s: baseline %.3f %s, minimum %.3f %s",

@@ -83,7 +83,7 @@ class LatencySubnetSpec(_LatencySpec):
     @model_validator(mode="after")
     def _arch(self) -> LatencySubnetSpec:
         if self.head_convs:
-            raise ValueError("head_convs is for latency_space: a searched net skips model.head_skip")
+            raise ValueError("head_convs is for latency_space: a searched net has model.head_skip")
         self.space.check(LatencyArch.parse(self.arch))
         return self
 
