@@ -14,6 +14,10 @@ ResNet bottleneck, ``"stage3.4"`` for a Darknet residual); other modules are sea
 The kinds: MobileNetV2's inverted residuals with an expansion conv, Darknet-53's residual blocks
 (YOLOv3) and torchvision's ResNet bottlenecks (RetinaNet).
 
+A RetinaNet or FCOS head's tower convs may be entries too, after the blocks
+(:mod:`~nasdet.methods.latency.head`, :func:`attach_head_space`): the body holds them, so an
+architecture covers both.
+
 A hidden channel's importance is always the L1 norm of the input weights that read it in the next
 conv (``sum |W_next[:, h]|``), as Once-for-All ranks channels.
 """
