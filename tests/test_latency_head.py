@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_latency_lut import VirtualClock
+from test_latency_kinds import RETINANET
+from test_latency_lut import virtual_samples
 from torch import nn
 
 import nasdet
@@ -22,7 +23,7 @@ from nasdet.errors import ConfigError
 from nasdet.methods import Model
 from nasdet.methods.latency.common import load_space, space_model
 from nasdet.methods.latency.config import LatencyRunConfig
-from nasdet.methods.latency.latency import Network, build_table, cached_table, inplace_samples
+from nasdet.methods.latency.latency import Network, build_table, cached_table
 from nasdet.methods.latency.nets import space_body, to_space_detector
 from nasdet.methods.latency.parts import LatencySpaceSpec
 from nasdet.methods.latency.search import choices_table
@@ -31,13 +32,6 @@ from nasdet.methods.latency.steps import extracted_weights, fit_arch, tune_start
 from nasdet.models.io import save_model
 from nasdet.search.supernet import export_subnet
 
-RETINANET = {
-    "detector": "retinanet",
-    "backbone": {"name": "resnet50", "width_mult": 0.125},
-    "fpn_channels": 16,
-    "min_size": 64,
-    "max_size": 64,
-}
 FCOS = {**RETINANET, "detector": "fcos", "fpn_channels": 32, "fcos_num_convs": 2}
 HEADS = {"retinanet": (RETINANET, 4, 1), "fcos": (FCOS, 2, 3)}  # convs per tower, modules per conv
 CATEGORIES = dict(categories=[str(i) for i in range(10)], cat_ids=list(range(1, 11)))
@@ -153,17 +147,7 @@ def test_the_lut_counts_a_head_conv_over_the_levels_and_a_skip_as_zero() -> None
         ("head.cls.0", 0.0, 0.0), ("head.reg.2", 0.0, 0.0)]  # fmt: skip
     assert lut.predict(genotype) == pytest.approx(lut.baseline - 3 * lut.table[16][0])
     # timed in place: a head conv's sample is its calls of one forward summed (3 levels)
-    net = Network(space).eval()
-    clock = VirtualClock(space)
-
-    def forward() -> None:
-        with torch.no_grad():
-            net(torch.zeros(1, 3, 64, 64))
-
-    try:
-        _, samples = inplace_samples(body, forward, clock, min_run_time=0.0, min_rounds=1)
-    finally:
-        clock.close()
+    _, samples = virtual_samples(space, min_rounds=1)
     for keep, skip in samples[16:]:
         assert keep and all(s == pytest.approx(3 * 16 * 16 * 9) for s in keep) and skip == []
 
