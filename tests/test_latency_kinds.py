@@ -87,8 +87,11 @@ def test_variant0_equals_the_baseline(name: str) -> None:
 
 
 def space_spec_of(arch: dict) -> LatencySpaceSpec:
-    bb = arch["backbone"]
-    return LatencySpaceSpec(baseline=bb["name"], width_mult=bb["width_mult"], levels=[3, 4, 5])
+    """The space section of ``arch`` (RetinaNet's: its head convs searched too)."""
+    bb, head = arch["backbone"], Model.model_validate(arch).head_tower_convs
+    return LatencySpaceSpec(
+        baseline=bb["name"], width_mult=bb["width_mult"], levels=[3, 4, 5], head_convs=head
+    )
 
 
 def test_darknet_blocks_keep_the_most_important_hidden_channels() -> None:
@@ -118,7 +121,8 @@ def test_darknet_blocks_keep_the_most_important_hidden_channels() -> None:
 
 def test_bottlenecks_keep_the_most_important_channels_and_skip_without_downsample() -> None:
     body = space_body(to_space_detector(_baseline(RETINANET)))
-    assert len(body.blocks()) == 16  # ResNet-50's bottlenecks: 3 + 4 + 6 + 3
+    assert body.num_body_blocks == 16  # ResNet-50's bottlenecks: 3 + 4 + 6 + 3
+    assert len(body.blocks()) == 16 + 8  # then the head's two towers of 4 convs
     assert body.block_names[:4] == ["layer1.0", "layer1.1", "layer1.2", "layer2.0"]
     with_skip = [n for n, b in zip(body.block_names, body.blocks(), strict=True)
                  if isinstance(b.variants[-1], nn.Identity)]  # fmt: skip

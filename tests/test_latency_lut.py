@@ -25,7 +25,7 @@ from nasdet.methods.latency.latency import (
     cached_table,
     inplace_samples,
 )
-from nasdet.methods.latency.nets import to_space_detector
+from nasdet.methods.latency.nets import space_body, to_space_detector
 
 
 class VirtualClock:
@@ -69,9 +69,9 @@ def _conv_weights(module: nn.Module, x: torch.Tensor | None = None) -> float:
     return float(sum(seen))
 
 
-def test_inplace_table_is_exact_for_additive_costs() -> None:
-    space = to_space_detector(_baseline(), [0.75, 0.25])
-    body = space.backbone.body
+def virtual_samples(space: nn.Module, min_rounds: int) -> tuple[list, list]:
+    """:func:`inplace_samples` of a space detector on a (1, 3, 64, 64) input, timed by a
+    :class:`VirtualClock`."""
     net = Network(space).eval()
     clock = VirtualClock(space)
 
@@ -80,9 +80,18 @@ def test_inplace_table_is_exact_for_additive_costs() -> None:
             net(torch.zeros(1, 3, 64, 64))
 
     try:
-        rest, samples = inplace_samples(body, forward, clock, min_run_time=0.0, min_rounds=2)
+        return inplace_samples(
+            space_body(space), forward, clock, min_run_time=0.0, min_rounds=min_rounds
+        )
     finally:
         clock.close()
+
+
+def test_inplace_table_is_exact_for_additive_costs() -> None:
+    space = to_space_detector(_baseline(), [0.75, 0.25])
+    body = space.backbone.body
+    net = Network(space).eval()
+    rest, samples = virtual_samples(space, min_rounds=2)
     sizes = [len(b.variants) for b in body.blocks()]
     assert len(rest) == 2 * max(sizes)  # warm-up round not kept
     assert max(rest) == pytest.approx(min(rest))  # the fixed part is fixed

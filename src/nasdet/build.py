@@ -58,7 +58,23 @@ def build_backbone(cfg: BackboneSpec, *, load_weights: bool = True) -> nn.Module
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, *, load_weights: bool = True) -> nn.Module:
-    """The torchvision detector ``cfg`` describes, for ``num_classes`` (background included)."""
+    """The torchvision detector ``cfg`` describes, for ``num_classes`` (background included):
+    its head tower convs ``head_skip`` replaced by identities, then finished by the backbone
+    section (:meth:`~nasdet.config.BackboneSpec.finish_detector`)."""
+    detector = _assemble(cfg, num_classes, load_weights)
+    if cfg.head_skip is not None:
+        try:
+            detectors.skip_head_convs(detector.head, cfg.head_skip)
+        except ValueError as e:
+            raise ConfigError(f"model.head_skip: {e}") from None
+    try:
+        cfg.backbone.finish_detector(detector)
+    except ValueError as e:
+        raise ConfigError(f"model.backbone ({cfg.backbone.name}): {e}") from None
+    return detector
+
+
+def _assemble(cfg: ModelConfig, num_classes: int, load_weights: bool) -> nn.Module:
     body = build_backbone(cfg.backbone, load_weights=load_weights)
     common = dict(
         score_thresh=cfg.score_thresh,

@@ -124,6 +124,12 @@ class BackboneSpec(Strict):
         before ``weights``, only when weights are loaded (a model file rebuilds without it)."""
         return None
 
+    def finish_detector(self, detector: nn.Module) -> None:
+        """Change, in place, the detector built around this backbone (e.g. the latency space's
+        searchable head convs); nothing by default. :func:`nasdet.build.build_detector` calls it
+        last, before any weights are loaded; a ``ValueError`` becomes a one-line ConfigError."""
+        return None
+
 
 class SupernetSpec(BackboneSpec):
     """A backbone section that builds a weight-sharing supernet (the supernet protocol of
@@ -137,6 +143,12 @@ class SupernetSpec(BackboneSpec):
     @abstractmethod
     def subnet(self, genotype: Any) -> BackboneSpec:
         """The backbone section of the standalone subnet ``genotype``."""
+
+    def subnet_model(self, arch: ModelConfig, genotype: Any) -> ModelConfig:
+        """The ``model`` section of the standalone detector of ``genotype``, from the supernet
+        detector's ``arch``: its backbone replaced by :meth:`subnet` (a space that also searches
+        the head, as the latency method's, sets ``head_skip`` too)."""
+        return arch.model_copy(update={"backbone": self.subnet(genotype)})
 
 
 class TorchvisionBackbone(BackboneSpec):
@@ -242,7 +254,11 @@ _DETECTOR_FIELDS: dict[str, tuple[str, ...]] = {
     "ssd_min_ratio": ("ssd", "ssdlite"),
     "ssd_max_ratio": ("ssd", "ssdlite"),
     "yolov3_channels": ("yolov3",),
+    "head_skip": ("retinanet", "fcos"),
 }
+
+#: convs per head tower of the detectors with conv towers (fcos: ``fcos_num_convs``)
+HEAD_TOWER_CONVS = {"retinanet": 4}
 
 
 class ModelConfig(Strict, Generic[B, N]):
@@ -280,6 +296,11 @@ class ModelConfig(Strict, Generic[B, N]):
         "each backbone level's width in the neck, twice that in the head; MMDetection's "
         "yolov3_mobilenetv2: [96, 96, 96])",
     )
+    head_skip: list[int] | None = Field(
+        None,
+        description="retinanet, fcos: head tower convs replaced by identities, numbered "
+        "classification tower 0..n-1 then regression tower n..2n-1 (a searched net's skips)",
+    )
     ssd_min_ratio: float = Field(0.1, gt=0.0, lt=1.0)
     ssd_max_ratio: float = Field(0.6, gt=0.0, le=1.0)
     score_thresh: float = Field(0.05, ge=0.0, le=1.0)
@@ -316,6 +337,26 @@ class ModelConfig(Strict, Generic[B, N]):
                 raise ValueError(
                     f"{key} is for detector {' or '.join(detectors)}, not {self.detector}"
                 )
+        return self
+
+    @property
+    def head_tower_convs(self) -> int:
+        """Convs per head tower (retinanet: 4, fcos: ``fcos_num_convs``; 0: no conv towers)."""
+        if self.detector == "fcos":
+            return self.fcos_num_convs
+        return HEAD_TOWER_CONVS.get(self.detector, 0)
+
+    @model_validator(mode="after")
+    def _head_skip(self) -> ModelConfig:
+        skip, n = self.head_skip or [], self.head_tower_convs
+        bad = next((i for i in skip if not 0 <= i < 2 * n), None)
+        if bad is not None:
+            raise ValueError(
+                f"head_skip: {self.detector}'s head has convs 0..{2 * n - 1} (classification "
+                f"tower 0..{n - 1}, regression tower {n}..{2 * n - 1}), got {bad}"
+            )
+        if len(set(skip)) != len(skip):
+            raise ValueError(f"head_skip: an index is listed twice in {skip}")
         return self
 
 

@@ -207,3 +207,44 @@ def ssd(
         nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
     )
+
+
+def head_towers(head: nn.Module) -> list[tuple[str, int]]:
+    """The conv towers of a RetinaNet or FCOS head, classification first: each one's path below
+    the head and how many modules of its ``nn.Sequential`` make one conv (RetinaNet's
+    ``Conv2dNormActivation``: 1; FCOS's conv, GroupNorm and ReLU: 3). ``[]`` for other heads
+    (SSD's, SSDLite's, YOLOv3's have no stack of equal-width convs)."""
+    if isinstance(head, RetinaNetHead):
+        group = 1
+    elif isinstance(head, FCOSHead):
+        group = 3
+    else:
+        return []
+    return [("classification_head.conv", group), ("regression_head.conv", group)]
+
+
+def tower_convs(head: nn.Module) -> int:
+    """Convs per tower of a RetinaNet or FCOS head (0 for other heads)."""
+    towers = head_towers(head)
+    if not towers:
+        return 0
+    path, group = towers[0]
+    return len(head.get_submodule(path)) // group
+
+
+def skip_head_convs(head: nn.Module, skip: Sequence[int]) -> None:
+    """Replace the tower convs ``skip`` of a RetinaNet or FCOS head by identities, in place:
+    classification tower convs are 0..n-1, regression tower convs n..2n-1. Each skipped conv's
+    modules become ``nn.Identity`` at their positions, so every other parameter keeps its name
+    (``classification_head.conv.2.0.weight``...). ``ValueError`` for a head without towers or an
+    index out of range."""
+    towers, n = head_towers(head), tower_convs(head)
+    if not towers:
+        raise ValueError(f"{type(head).__name__} has no conv towers to skip (retinanet, fcos do)")
+    for i in skip:
+        if not 0 <= i < 2 * n:
+            raise ValueError(f"head conv {i} does not exist: the towers have convs 0..{2 * n - 1}")
+        path, group = towers[i // n]
+        tower = head.get_submodule(path)
+        for j in range((i % n) * group, (i % n + 1) * group):
+            tower[j] = nn.Identity()

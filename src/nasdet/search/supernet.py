@@ -61,7 +61,9 @@ def export_subnet(
 
     The backbone body comes from the supernet's ``get_active_subnet()`` (weights as the supernet
     holds them now, BN statistics included: recalibrate before exporting to keep the subnet's);
-    neck and head are copied by name. Leaves ``genotype`` active in ``supernet``.
+    neck and head are copied by name (those the subnet has: the model section is the spec's
+    :meth:`~nasdet.config.SupernetSpec.subnet_model`, which may skip head convs). Leaves
+    ``genotype`` active in ``supernet``.
 
     Args:
         supernet: a detector whose ``backbone.body`` (or ``backbone``, see :func:`body_prefix`)
@@ -80,9 +82,11 @@ def export_subnet(
         raise TypeError(f"{type(body).__name__} does not follow the supernet protocol")
     body.set_active_subnet(genotype)
     static = body.get_active_subnet(preserve_weight=True)
-    sub_arch = arch.model_copy(update={"backbone": spec.subnet(genotype)})
+    sub_arch = spec.subnet_model(arch, genotype)
     model = build_detector(sub_arch, num_classes, load_weights=False)
+    own = model.state_dict()  # a head conv the subnet skips has no weights there: left out
     state = {k: v for k, v in supernet.state_dict().items() if not k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if k in own}
     state.update({prefix + k: v for k, v in static.state_dict().items()})
     load_state_dict_checked(model, state, f"supernet (subnet {genotype})")
     return model.eval(), sub_arch

@@ -18,8 +18,10 @@ from nasdet.models.yolov3 import YOLOv3
 
 
 def space_model(cfg: LatencyRunConfig) -> Model:
-    """The ``model`` section of the search space detector (``backbone: latency_space``)."""
-    spec = space_spec(cfg.model.backbone, cfg.space.multipliers, cfg.space.skip)
+    """The ``model`` section of the search space detector (``backbone: latency_space``; with
+    ``space.head_skip``, ``head_convs``: the baseline head's tower depth, 0 without towers)."""
+    head = cfg.model.head_tower_convs if cfg.space.head_skip else 0
+    spec = space_spec(cfg.model.backbone, cfg.space.multipliers, cfg.space.skip, head)
     return cfg.model.model_copy(update={"backbone": spec})
 
 
@@ -28,7 +30,8 @@ def space_from_baseline(cfg: LatencyRunConfig, ckpt: Path, num_classes: int) -> 
     whose pruned variants start from its most important channels."""
     model = build_detector(cfg.model, num_classes, load_weights=False)
     load_state_dict_checked(model, read_model_file(ckpt)["state_dict"], str(ckpt))
-    return to_space_detector(model, cfg.space.multipliers, skip=cfg.space.skip)
+    space = cfg.space
+    return to_space_detector(model, space.multipliers, skip=space.skip, head_skip=space.head_skip)
 
 
 def load_space(path: Path) -> nn.Module:

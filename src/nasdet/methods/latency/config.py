@@ -52,6 +52,11 @@ class SpaceCfg(Strict):
         list(DEFAULT_MULTIPLIERS), description="widths of the pruned variants of each block"
     )
     skip: bool = Field(True, description="a skip variant for blocks with a residual")
+    head_skip: bool = Field(
+        True,
+        description="a skip variant for each head tower conv (retinanet, fcos; other heads have "
+        "no conv stack), entries after the blocks",
+    )
 
 
 class BaselineStep(Strict):
@@ -152,6 +157,11 @@ class LatencyRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
             raise ValueError(
                 f"model.backbone: the latency space is made from a {', '.join(first)} or {last} "
                 f"baseline, got {self.model.backbone.name}"
+            )
+        if self.model.head_skip is not None:
+            raise ValueError(
+                "model.head_skip: the space is made from the full baseline head; leave it unset "
+                "(space.head_skip searches the head convs)"
             )
         pc = self.pretrain_cfg
         if pc is not None and pc.distill and self.model.detector == "yolov3":

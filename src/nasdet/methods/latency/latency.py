@@ -2,7 +2,9 @@
 
 The network is the detector's backbone, neck and head on a (1, 3, R, R) tensor of zeros (no
 pre-processing, no box decoding or NMS), batch 1, one thread. The predicted cost of an
-architecture is ``fixed + sum_b LUT[b][arch[b]]``; a skip variant costs 0. How each kind fills
+architecture is ``fixed + sum_b LUT[b][arch[b]]``; a skip variant costs 0. The entries ``b`` are
+the backbone's blocks, then (RetinaNet, FCOS with ``space.head_skip``) the head tower convs: a
+head conv runs once per FPN level, and its entry is the sum over the levels. How each kind fills
 the table (:func:`build_table`):
 
 - ``mmac`` counts multiply-accumulates (``torch.utils.flop_counter``, FLOPs / 2) in millions,
@@ -130,21 +132,28 @@ class Network(nn.Module):
         return det.head(list(det.backbone(x).values()))
 
 
-def block_inputs(detector: nn.Module, resolution: int) -> list[Tensor]:
-    """A random tensor of the shape each searchable block receives at ``resolution``."""
+def block_inputs(detector: nn.Module, resolution: int) -> list[list[Tensor]]:
+    """Per searchable entry, a random tensor of the shape of each input it receives in one
+    forward at ``resolution``, the baseline active: one for a backbone block, one per FPN level
+    for a head conv (the head is shared over the levels)."""
     body: LatencySupernet = space_body(detector)
-    shapes: list[torch.Size] = []
-    hooks = [
-        b.register_forward_pre_hook(lambda _m, a: shapes.append(a[0].shape)) for b in body.blocks()
-    ]
+    shapes: list[list[torch.Size]] = [[] for _ in body.blocks()]
+    before = body.active_subnet()
+    body.set_active_subnet(body.space.baseline)
+
+    def seen(b: int) -> Callable[..., None]:
+        return lambda _m, a: shapes[b].append(a[0].shape)
+
+    hooks = [e.variants[0].register_forward_pre_hook(seen(b)) for b, e in enumerate(body.blocks())]
     try:
         with torch.no_grad():
             Network(detector).eval()(torch.zeros(1, 3, resolution, resolution))
     finally:
         for h in hooks:
             h.remove()
+        body.set_active_subnet(before)
     gen = torch.Generator().manual_seed(0)
-    return [torch.randn(s, generator=gen) for s in shapes]
+    return [[torch.randn(s, generator=gen) for s in row] for row in shapes]
 
 
 def _cost(module: nn.Module, x: Tensor, kind: str, min_run_time: float) -> float:
@@ -168,21 +177,26 @@ class _RunOverhead(nn.Module):
 
 
 def _alone_table(
-    body: LatencySupernet, inputs: list[Tensor], kind: str, min_run_time: float, bar: Bar
+    body: LatencySupernet, inputs: list[list[Tensor]], kind: str, min_run_time: float, bar: Bar
 ) -> list[list[float]]:
-    """Each variant timed (or counted) alone on its block's input. For ``measured:onnxruntime``
-    a session run's own cost (:class:`_RunOverhead` on an input of that shape, timed once per
-    shape) is taken off each entry, floored at 0."""
+    """Each variant timed (or counted) alone on each of its entry's inputs, summed (a head conv
+    runs once per FPN level). For ``measured:onnxruntime`` a session run's own cost
+    (:class:`_RunOverhead` on an input of that shape, timed once per shape) is taken off each
+    run, floored at 0."""
     overhead: dict[tuple[int, ...], float] = {}
     table: list[list[float]] = []
-    for block, x in zip(body.blocks(), inputs, strict=True):
-        if kind == "measured:onnxruntime" and tuple(x.shape) not in overhead:
-            overhead[tuple(x.shape)] = _cost(_RunOverhead(), x, kind, min_run_time)
-        base = overhead.get(tuple(x.shape), 0.0)
+    for block, xs in zip(body.blocks(), inputs, strict=True):
+        for x in xs:
+            if kind == "measured:onnxruntime" and tuple(x.shape) not in overhead:
+                overhead[tuple(x.shape)] = _cost(_RunOverhead(), x, kind, min_run_time)
         table.append([])
         for v in block.variants:
-            cost = 0.0 if isinstance(v, nn.Identity) else _cost(v, x, kind, min_run_time)
-            table[-1].append(max(0.0, cost - base) if cost else 0.0)
+            total = 0.0
+            for x in xs:
+                base = overhead.get(tuple(x.shape), 0.0)
+                cost = 0.0 if isinstance(v, nn.Identity) else _cost(v, x, kind, min_run_time)
+                total += max(0.0, cost - base) if cost else 0.0
+            table[-1].append(total)
             bar.advance()
     return table
 
@@ -220,7 +234,8 @@ def inplace_samples(
 
     Returns:
         ``(rest, samples)``: per forward, its time minus its blocks' times (ms); and
-        ``samples[b][v]``: the times of variant ``v`` of block ``b`` (ms; empty for a skip).
+        ``samples[b][v]``: per forward that ran it, the time of variant ``v`` of entry ``b``,
+        its calls summed (a head conv runs once per FPN level) (ms; empty for a skip).
     """
     blocks = body.blocks()
     samples: list[list[list[float]]] = [[[] for _ in b.variants] for b in blocks]
@@ -231,12 +246,13 @@ def inplace_samples(
     def pre(_m: nn.Module, _a: object) -> None:
         started[0] = clock()
 
+    calls: dict[tuple[int, int], float] = {}  # the current forward's time per variant
+
     def post(b: int, v: int) -> Callable[..., None]:
         def hook(_m: nn.Module, _a: object, _o: object) -> None:
             dt = (clock() - started[0]) * 1e3
             spent.append(dt)
-            if recording[0]:
-                samples[b][v].append(dt)
+            calls[b, v] = calls.get((b, v), 0.0) + dt
 
         return hook
 
@@ -260,11 +276,14 @@ def inplace_samples(
             for arch in _round_archs(body, rng):
                 body.set_active_subnet(arch)
                 spent.clear()
+                calls.clear()
                 t0 = clock()
                 forward()
                 total = (clock() - t0) * 1e3
                 if recording[0]:
                     rest.append(total - sum(spent))
+                    for (b, v), dt in calls.items():
+                        samples[b][v].append(dt)
             rounds += 1
             if bar is not None:
                 bar.advance()
@@ -368,7 +387,8 @@ def cached_table(
 ) -> LatencyTable:
     """The LUT of ``kind`` at ``resolution`` from the JSON cache ``path`` (``{"format":
     LUT_FORMAT, "tables": {"<kind>@<resolution>": ...}}``), measured and added to it when
-    missing. A cache of another format is measured again (and replaced), never read."""
+    missing. A cache of another format is measured again (and replaced), never read; so is a
+    table whose entries and variants are not the space's (``detector``'s)."""
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if cache and cache.get("format") != LUT_FORMAT:
         log.warning("%s: a LUT cache of an older format; measuring the LUT again", path)
@@ -376,8 +396,11 @@ def cached_table(
     cache.setdefault("format", LUT_FORMAT)
     tables = cache.setdefault("tables", {})
     key = f"{kind}@{resolution}"
-    if key in tables:
+    sizes = [len(b.variants) for b in space_body(detector).blocks()]
+    if key in tables and [len(row) for row in tables[key]["table"]] == sizes:
         return LatencyTable(**tables[key])
+    if key in tables:  # e.g. a space without its head's entries
+        log.warning("%s: the cached LUT %s is for another space; measuring it again", path, key)
     lut = build_table(detector, resolution, kind, min_run_time=min_run_time)
     log.info(
         "LUT %s: baseline %.3f %s, minimum %.3f %s",

@@ -14,6 +14,10 @@ ResNet bottleneck, ``"stage3.4"`` for a Darknet residual); other modules are sea
 The kinds: MobileNetV2's inverted residuals with an expansion conv, Darknet-53's residual blocks
 (YOLOv3) and torchvision's ResNet bottlenecks (RetinaNet).
 
+A RetinaNet or FCOS head's tower convs may be entries too, after the blocks
+(:mod:`~nasdet.methods.latency.head`, :func:`attach_head_space`): the body holds them, so an
+architecture covers both.
+
 A hidden channel's importance is always the L1 norm of the input weights that read it in the next
 conv (``sum |W_next[:, h]|``), as Once-for-All ranks channels.
 """
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import Bottleneck
 
+from nasdet.methods.latency.head import HeadConv, searchable_head
 from nasdet.methods.latency.space import LatencyArch, LatencySpace
 from nasdet.models.backbone import FeatureBackbone
 from nasdet.models.darknet import DarknetResidual
@@ -262,10 +267,29 @@ class LatencySupernet(FeatureBackbone):
         self.feature_info = list(body.feature_info)
         self.out_channels = list(body.out_channels)
         self.block_names = _wrap_blocks(self, "", multipliers, skip)
+        self.head_entries: list[HeadConv] = []  # not modules of the body: the head holds them
         self.space = LatencySpace(tuple(len(b.variants) for b in self.blocks()))
 
-    def blocks(self) -> list[VariantBlock]:
-        return [self.get_submodule(n) for n in self.block_names]
+    def attach_head(self, names: list[str], entries: list[HeadConv]) -> None:
+        """Append the head's searchable convs (:func:`~nasdet.methods.latency.head.
+        searchable_head`) to the space's entries, after the blocks: ``block_names``,
+        ``blocks()``, ``space`` and the architectures then cover them too."""
+        if self.head_entries:
+            raise ValueError("the space already has its head's entries")
+        self.block_names = [*self.block_names, *names]
+        self.head_entries = list(entries)
+        self.space = LatencySpace(tuple(len(b.variants) for b in self.blocks()))
+
+    @property
+    def num_body_blocks(self) -> int:
+        """The backbone blocks' count: the first entries of an architecture."""
+        return len(self.block_names) - len(self.head_entries)
+
+    def blocks(self) -> list[VariantBlock | HeadConv]:
+        """The searchable entries in architecture order: the blocks (execution order), then the
+        head's convs."""
+        body = [self.get_submodule(n) for n in self.block_names[: self.num_body_blocks]]
+        return [*body, *self.head_entries]
 
     def set_active_subnet(self, arch: LatencyArch) -> None:
         for block, c in zip(self.blocks(), self.space.check(arch).choices, strict=True):
@@ -281,8 +305,9 @@ class LatencySupernet(FeatureBackbone):
 
     def get_active_subnet(self, preserve_weight: bool = True) -> FeatureBackbone:
         """The static backbone of the active architecture: each block replaced by its chosen
-        variant, everything copied; modules keep their names and paths."""
-        chosen = {id(b): b.variants[b.active] for b in self.blocks()}
+        variant, everything copied; modules keep their names and paths. The head's entries are
+        not part of it: a searched net's ``model.head_skip`` skips its convs."""
+        chosen = {id(b): b.variants[b.active] for b in self.blocks()[: self.num_body_blocks]}
         memo = {i: copy.deepcopy(v) for i, v in chosen.items()}  # deepcopy puts them in place
         children = OrderedDict((n, copy.deepcopy(c, memo)) for n, c in self.items())
         static = _static_backbone(children, self.return_layers, self.feature_info)
@@ -307,16 +332,33 @@ def space_body(detector: nn.Module) -> LatencySupernet:
     return getattr(holder, "body", holder)
 
 
+def attach_head_space(detector: nn.Module) -> int:
+    """Make the head tower convs of a space detector searchable entries of its space (after
+    the blocks; :mod:`~nasdet.methods.latency.head`), in place; how many (0: a head without
+    towers)."""
+    names, entries = searchable_head(detector.head)
+    if entries:
+        space_body(detector).attach_head(names, entries)
+    return len(entries)
+
+
 def to_space_detector(
-    detector: nn.Module, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS, *, skip: bool = True
+    detector: nn.Module,
+    multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
+    *,
+    skip: bool = True,
+    head_skip: bool = True,
 ) -> nn.Module:
     """Turn a baseline detector (weights loaded) into the search space's detector, in place:
     its backbone body (:func:`space_body`) becomes a :class:`LatencySupernet` whose variant 0
     are the baseline's blocks and whose pruned variants start from the baseline's most important
-    channels."""
+    channels; with ``head_skip``, a RetinaNet or FCOS head's tower convs are entries too
+    (:func:`attach_head_space`)."""
     holder = detector.backbone
     if hasattr(holder, "body"):
         holder.body = LatencySupernet(holder.body, multipliers, skip=skip)
     else:
         detector.backbone = LatencySupernet(holder, multipliers, skip=skip)
+    if head_skip:
+        attach_head_space(detector)
     return detector

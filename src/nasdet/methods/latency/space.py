@@ -1,7 +1,8 @@
 """The architecture of a latency search: one variant index per searchable block (ENOT's form).
 
 ``LatencyArch((0, 3, 6, 0))`` reads: block 0 keeps the baseline's block (variant 0), block 1 its
-variant 3 (a width-pruned copy), block 2 variant 6 (skipped)... Its canonical string is the JSON
+variant 3 (a width-pruned copy), block 2 variant 6 (skipped)... A RetinaNet or FCOS space adds
+one entry per head tower conv after the blocks (0 keep, 1 skip). Its canonical string is the JSON
 list ``[0, 3, 6, 0]``, the form ENOT logs and ``searched_arch`` takes; :meth:`LatencyArch.parse`
 also reads the dashed form ``0-3-6-0``.
 """

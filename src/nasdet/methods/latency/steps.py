@@ -242,8 +242,8 @@ def tune(cfg: LatencyRunConfig, store: RecordStore, out: Path) -> Record:
     run_dir = out / "output" / "tune"
     run_dir.mkdir(parents=True, exist_ok=True)
     smodel = space_model(cfg)
-    sub_arch = smodel.model_copy(
-        update={"backbone": smodel.backbone.subnet(arch), "min_size": res, "max_size": res}
+    sub_arch = smodel.backbone.subnet_model(smodel, arch).model_copy(
+        update={"min_size": res, "max_size": res}
     )
     init = None
     if space_path is not None:
