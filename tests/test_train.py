@@ -429,4 +429,5 @@ def test_fingerprint_leaves_out_steps_and_checkpoint_interval(digits_root: Path)
     assert fingerprint(None, lr=0.5) != torchrun
     # keys added later count only when set, so that older checkpoints still resume
     assert "min_lr" not in torchrun and "cosine_epochs" not in torchrun
+    assert "head_skip" not in torchrun
     assert fingerprint(None, min_lr=0.0001) != torchrun

@@ -51,17 +51,21 @@ def config_fingerprint(cfg: Config) -> str:
             "pipeline": True,
         },
     )
-    train = dump.get("train") or {}
-    for key, default in _LATER_TRAIN_KEYS.items():  # at their defaults: as before they existed
-        if train.get(key, default) == default:
-            train.pop(key, None)
+    for section, keys in _LATER_KEYS.items():  # at their defaults: as before they existed
+        part = dump.get(section) or {}
+        for key, default in keys.items():
+            if part.get(key, default) == default:
+                part.pop(key, None)
     return json.dumps(dump, sort_keys=True)
 
 
-#: ``train`` keys added after checkpoints were first written, with the value that keeps the
+#: keys added after checkpoints were first written, per section, with the value that keeps the
 #: former behaviour: at that value a key is left out of the fingerprint, so a checkpoint written
 #: before the key existed still resumes
-_LATER_TRAIN_KEYS: dict[str, object] = {"restart_mult": 1, "cosine_epochs": None, "min_lr": 0.0}
+_LATER_KEYS: dict[str, dict[str, object]] = {
+    "train": {"restart_mult": 1, "cosine_epochs": None, "min_lr": 0.0},
+    "model": {"head_skip": None},
+}
 
 
 def train_step(

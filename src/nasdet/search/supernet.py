@@ -54,6 +54,20 @@ def supernet_spec(arch: ModelConfig) -> SupernetSpec:
     return arch.backbone
 
 
+def _skipped_in(model: nn.Module, key: str) -> bool:
+    """Whether the parameter or buffer ``key`` of the supernet detector lies, in ``model``, under
+    an ``nn.Identity`` (a head conv the subnet skips): it has no place there. Any other key
+    ``model`` lacks stays, so that loading still refuses it."""
+    module: nn.Module | None = model
+    for name in key.split(".")[:-1]:
+        module = module._modules.get(name) if module is not None else None
+        if module is None:
+            return False
+        if isinstance(module, nn.Identity):
+            return True
+    return False
+
+
 def export_subnet(
     supernet: nn.Module, arch: ModelConfig, genotype: Any, num_classes: int
 ) -> tuple[nn.Module, ModelConfig]:
@@ -84,9 +98,11 @@ def export_subnet(
     static = body.get_active_subnet(preserve_weight=True)
     sub_arch = spec.subnet_model(arch, genotype)
     model = build_detector(sub_arch, num_classes, load_weights=False)
-    own = model.state_dict()  # a head conv the subnet skips has no weights there: left out
-    state = {k: v for k, v in supernet.state_dict().items() if not k.startswith(prefix)}
-    state = {k: v for k, v in state.items() if k in own}
+    state = {
+        k: v
+        for k, v in supernet.state_dict().items()
+        if not k.startswith(prefix) and not _skipped_in(model, k)
+    }
     state.update({prefix + k: v for k, v in static.state_dict().items()})
     load_state_dict_checked(model, state, f"supernet (subnet {genotype})")
     return model.eval(), sub_arch
