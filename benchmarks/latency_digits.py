@@ -232,8 +232,8 @@ def step_times(log: Path) -> dict[str, float]:
     return out
 
 
-def run_config(raw: dict[str, Any], run: Path, name: str) -> dict[str, Any]:
-    """``nasdet run`` of ``raw`` into ``run/name`` (2 threads); its timing (kept)."""
+def run_config(raw: dict[str, Any], run: Path, name: str, threads: int = 2) -> dict[str, Any]:
+    """``nasdet run`` of ``raw`` into ``run/name`` on ``threads`` threads; its timing (kept)."""
     done = run / f"{name}.timing.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -241,7 +241,7 @@ def run_config(raw: dict[str, Any], run: Path, name: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     path = run / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    wall = _run(["run", str(path), "--out", str(out)], run / f"{name}.log", threads=2)
+    wall = _run(["run", str(path), "--out", str(out)], run / f"{name}.log", threads=threads)
     timing = {"minutes": wall / 60, "steps": step_times(out / "nasdet.log")}
     done.write_text(json.dumps(timing))
     return timing
@@ -616,6 +616,9 @@ def main() -> None:
     p.add_argument("--parts", default="lut,pipeline,resolution,seeds,resolution-seeds,report")
     p.add_argument("--lut-kinds", default="mmac,measured:cpu,measured:onnxruntime")
     p.add_argument("--range", default="96,160", help="resolution range of the resolution part")
+    p.add_argument(
+        "--threads", type=int, default=2, help="threads of a pipeline run (1 on a shared machine)"
+    )
     args = p.parse_args()
     parts = set(args.parts.split(","))
     run = Path(args.run_dir)
@@ -630,10 +633,11 @@ def main() -> None:
     elif (run / "lut_check.json").is_file():
         lut = json.loads((run / "lut_check.json").read_text())
     if "pipeline" in parts:
-        print("pipeline:", run_config(raw, run, "pipeline"))
+        print("pipeline:", run_config(raw, run, "pipeline", args.threads))
     if "resolution" in parts:
         lo_hi = [int(v) for v in args.range.split(",")]
-        print("resolution:", run_config(resolution_config(raw, run, lo_hi), run, "resolution"))
+        config = resolution_config(raw, run, lo_hi)
+        print("resolution:", run_config(config, run, "resolution", args.threads))
     seeds_map = seeds(raw, run, ("baseline", "pipeline")) if "seeds" in parts else {}
     if "scratch" in parts:
         seeds_map.update(seeds(raw, run, ("scratch",)))
