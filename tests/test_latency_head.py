@@ -172,6 +172,22 @@ def test_head_skip_mistakes_are_one_line(tmp_path: Path) -> None:
         )
 
 
+def test_space_head_skip_counts_in_the_resume_fingerprint_only_where_a_head_has_towers() -> None:
+    """A latency run killed before head skips existed resumes when its head has no conv towers
+    (ssdlite: ``space.head_skip`` changes nothing there); a retinanet's space did change."""
+    from nasdet.training import config_fingerprint
+
+    def fingerprint(model: dict, head_skip: bool) -> str:
+        raw = {"method": "latency", "model": model, "space": {"head_skip": head_skip}}
+        return config_fingerprint(LatencyRunConfig.model_validate(raw))
+
+    ssd = {"detector": "ssdlite", "backbone": {"name": "mobilenet_v2"}, "min_size": 96}
+    assert "head_skip" not in fingerprint(ssd, True)
+    assert fingerprint(ssd, True) == fingerprint(ssd, False)
+    assert '"head_skip": true' in fingerprint(RETINANET, True)
+    assert fingerprint(RETINANET, True) != fingerprint(RETINANET, False)
+
+
 def test_tune_from_indices_equals_tune_from_ss_checkpoint_with_head_entries(
     tmp_path: Path,
 ) -> None:

@@ -115,6 +115,11 @@ def test_mepa_scheduler_forms(digits_root: Path, tmp_path: Path) -> None:
     assert (t.schedule, t.restart_epochs, t.restart_mult, t.min_lr) == (
         "cosine_restarts", 1, 2, 0.001)  # T_0: the schedule's phase interval (1 epoch)  # fmt: skip
     assert train().schedule == "cosine_restarts" and train().min_lr == 0.0
+    # the scheduler's new keys at their defaults leave the resume fingerprint as it was
+    from nasdet.training import config_fingerprint
+
+    plain = config_fingerprint(load_run_config(_write(tmp_path, ofa_config(digits_root))))
+    assert "eta_min" not in plain and "T_max" not in plain
     for sched, msg in (
         ({"type": "CosineAnnealingLR", "T_0": 5}, "T_0 is for CosineAnnealingWarmRestarts"),
         ({"T_max": 5}, "T_max is for CosineAnnealingLR"),

@@ -436,6 +436,17 @@ class Config(Strict, Generic[B, N]):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    def later_keys(self) -> dict[str, dict[str, Any]]:
+        """Keys added after checkpoints were first written, per section (a dotted path into the
+        config), each with the value at which it behaves as before it existed. At that value
+        :func:`nasdet.training.config_fingerprint` leaves a key out, so a checkpoint written
+        before the key existed still resumes. A method adds its own (``super()`` first); a key
+        whose default changes what runs for some configs belongs here only for those."""
+        return {
+            "train": {"restart_mult": 1, "cosine_epochs": None, "min_lr": 0.0},
+            "model": {"head_skip": None},
+        }
+
 
 class RunConfig(Config[B, N], Generic[B, N]):
     """Base of every method's run config: a training config plus ``method``, ``pipeline`` and

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -51,21 +52,16 @@ def config_fingerprint(cfg: Config) -> str:
             "pipeline": True,
         },
     )
-    for section, keys in _LATER_KEYS.items():  # at their defaults: as before they existed
-        part = dump.get(section) or {}
+    for path, keys in cfg.later_keys().items():  # at their defaults: as before they existed
+        part: Any = dump
+        for name in path.split("."):
+            part = part.get(name) if isinstance(part, dict) else None
+        if not isinstance(part, dict):
+            continue
         for key, default in keys.items():
             if part.get(key, default) == default:
                 part.pop(key, None)
     return json.dumps(dump, sort_keys=True)
-
-
-#: keys added after checkpoints were first written, per section, with the value that keeps the
-#: former behaviour: at that value a key is left out of the fingerprint, so a checkpoint written
-#: before the key existed still resumes
-_LATER_KEYS: dict[str, dict[str, object]] = {
-    "train": {"restart_mult": 1, "cosine_epochs": None, "min_lr": 0.0},
-    "model": {"head_skip": None},
-}
 
 
 def train_step(

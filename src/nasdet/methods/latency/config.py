@@ -10,7 +10,7 @@ Steps, in order: ``baseline`` (optional) → ``pretrain`` or ``multiresolution_p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -149,6 +149,14 @@ class LatencyRunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
     search: Search | None = None
     search_with_resolution: SearchWithResolution | None = None
     tune: Tune | None = None
+
+    def later_keys(self) -> dict[str, dict[str, Any]]:
+        """``space.head_skip`` changes nothing for a head without conv towers (ssdlite,
+        yolov3): there it stays out of the resume fingerprint."""
+        keys = super().later_keys()
+        if self.model.head_tower_convs == 0:
+            keys["space"] = {"head_skip": self.space.head_skip}
+        return keys
 
     @model_validator(mode="after")
     def _latency(self) -> LatencyRunConfig:

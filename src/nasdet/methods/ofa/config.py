@@ -244,6 +244,16 @@ class OFARunConfig(RunConfig[Backbone, Neck]):  # type: ignore[valid-type]
     search: Search | None = Field(default_factory=Search)
     final_train: FinalTrain | None = Field(default_factory=FinalTrain)
 
+    def later_keys(self) -> dict[str, dict[str, Any]]:
+        return {
+            **super().later_keys(),
+            "supernet_train.evaluator_cfg.mepa_scheduler": {
+                "T_mult": 1,
+                "T_max": None,
+                "eta_min": 0.0,
+            },
+        }
+
     @model_validator(mode="before")
     @classmethod
     def _portion(cls, data: Any) -> Any:
