@@ -21,8 +21,13 @@ from nasdet.training import config_fingerprint, train_step
 
 
 def _lrs(schedule: str, total: int, **kw: object) -> list[float]:
+    return _stepped(lambda opt: make_scheduler(opt, schedule, total_iters=total, **kw), total)
+
+
+def _stepped(make, total: int) -> list[float]:  # noqa: ANN001 (optimizer -> scheduler)
+    """The lr of each of ``total`` steps under the scheduler ``make(optimizer)`` (lr 1)."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = make_scheduler(opt, schedule, total_iters=total, **kw)
+    sched = make(opt)
     lrs = []
     for _ in range(total):
         lrs.append(opt.param_groups[0]["lr"])
@@ -70,16 +75,7 @@ def test_min_lr_restart_mult_and_cosine_period_match_torch() -> None:
     schedulers' learning rates after the warm-up (aw_nas's mepa_scheduler keys)."""
     from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts
 
-    def torch_lrs(make, total: int) -> list[float]:
-        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-        sched = make(opt)
-        lrs = []
-        for _ in range(total):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        return lrs
-
+    torch_lrs = _stepped
     got = _lrs("cosine_restarts", 2 + 21, warmup_iters=2, restart_iters=3, restart_mult=2,
                eta_min=0.05)  # fmt: skip
     want = torch_lrs(lambda o: CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.05), 21)
