@@ -20,6 +20,7 @@ from nasdet.methods.latency.nets import LatencySupernet
 from nasdet.methods.latency.ort_inplace import (
     _TAG,
     layout_variants,
+    profiler_cost,
     run_samples,
     tag_variants,
     variant_of,
@@ -116,11 +117,39 @@ def test_onnxruntime_table_has_an_entry_per_variant_and_zero_for_skips() -> None
 def test_run_samples_take_the_profilers_cost_per_node_off() -> None:
     """Nodes whose plain cost is 1 ms each, profiled at 1.5 ms (0.5 ms of profiler per node):
     the samples are the plain costs, the rest the run's nodes outside every variant plus its
-    own cost."""
+    own cost; a layout node onnxruntime inserted is charged where ``layout`` says."""
     run = [("stem", 1.5), (variant_tag(0, 1) + "conv", 1.5), (variant_tag(0, 1) + "dw", 1.5),
-           ("fused " + variant_tag(2, 0) + "x_nchwc", 1.5), ("head", 1.5)]  # fmt: skip
-    plain = [5.2, 5.3, 5.2]  # 5 nodes of 1 ms, and 0.2 ms of the run itself
-    profiled = [7.7, 7.8, 7.7]  # + 5 x 0.5 ms
-    rest, samples = run_samples(plain, profiled, [run, run])
-    assert samples == [{(0, 1): pytest.approx(2.0), (2, 0): pytest.approx(1.0)}] * 2
-    assert rest == [pytest.approx(statistics.median(plain) - 3.0)] * 2
+           ("fused " + variant_tag(2, 0) + "x_nchwc", 1.5), ("ReorderInput_token_3", 1.5),
+           ("head", 1.5)]  # fmt: skip
+    plain = [6.2, 6.3, 6.2]  # 6 nodes of 1 ms, and 0.2 ms of the run itself
+    profiled = [9.2, 9.3, 9.2]  # + 6 x 0.5 ms
+    delta = profiler_cost([plain, [1.0]], [profiled, [1.5]], [6, 1])
+    assert delta == pytest.approx(0.5)
+    layout = {"ReorderInput_token_3": (2, 0)}
+    rest, samples = run_samples(plain, [run, run], delta, layout)
+    assert samples == [{(0, 1): pytest.approx(2.0), (2, 0): pytest.approx(2.0)}] * 2
+    assert rest == [pytest.approx(statistics.median(plain) - 4.0)] * 2
+
+
+def test_layout_nodes_are_charged_to_the_variant_whose_output_they_convert() -> None:
+    from onnx import helper
+
+    def node(op: str, name: str, src: str, out: str):  # noqa: ANN202
+        return helper.make_node(op, [src], [out], name=name)
+
+    nodes = [
+        node("Conv", "stem_nchwc", "input", "s"),
+        node("ReorderOutput", "ReorderOutput", "s", "s2"),  # stem -> block 0: read by b0 only
+        node("Conv", variant_tag(0, 1) + "conv", "s2", "a"),
+        node("ReorderInput", "ReorderInput_token_1", "a", "a2"),  # converts b0's output
+        node("Conv", variant_tag(1, 0) + "conv", "a2", "b"),
+        node("ReorderOutput", "ReorderOutput_token_2", "b", "b2"),  # b1's output, to the head
+        node("Conv", "head", "b2", "h"),
+        node("ReorderOutput", "ReorderOutput_token_3", "h", "out"),  # outside every variant
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    assert layout_variants(graph) == {
+        "ReorderOutput": (0, 1),
+        "ReorderInput_token_1": (0, 1),
+        "ReorderOutput_token_2": (1, 0),
+    }

@@ -13,14 +13,15 @@ keep the tag. A skip variant exports no node and costs 0. onnxruntime also inser
 not fill its blocks of 8 or 16 channels: each is charged to the variant whose output it converts
 (:func:`layout_variants`, from the optimised graph), else to the variant that reads it.
 
-Profiling costs each node run ~15 us (measured on ``configs/latency_digits.yaml``'s network:
-profiled runs ~20 % slower than plain ones, ~150 nodes), part in the kernel time it reports.
-So each architecture's plain and profiled runs are both timed (interleaved, in passes over all
-the sessions), and that cost per node, ``delta = (median profiled - median plain run) / nodes``,
-is taken off every node's span (:func:`run_samples`). Per profiled run, a variant's sample is
-the sum of its nodes' spans less ``delta`` each, and the rest is the architecture's median plain
-run less its variants' samples. An entry is the median of its variant's samples, ``fixed`` the
-median of the rests.
+Profiling costs each node run ~15-25 us (measured on ``configs/latency_digits.yaml``'s network,
+~160 nodes: profiled runs 25-50 % slower than plain ones), part of it inside the kernel time it
+reports. So each architecture's plain and profiled runs are both timed (interleaved, in passes
+over all the sessions), and that cost per node, ``delta``, the median over the architectures of
+``(median profiled - median plain run) / nodes`` (:func:`profiler_cost`), is taken off every
+node's span (:func:`run_samples`). Per profiled run, a variant's sample is the sum of its nodes'
+spans less ``delta`` each, and the rest is the architecture's median plain run less its
+variants' samples. An entry is the median of its variant's samples (floored at 0), ``fixed``
+the median of the rests.
 """
 
 from __future__ import annotations
@@ -127,30 +128,41 @@ def layout_variants(graph: Any) -> dict[str, tuple[int, int]]:
     return charged
 
 
+def profiler_cost(
+    plain_ms: Sequence[Sequence[float]],
+    profiled_ms: Sequence[Sequence[float]],
+    nodes: Sequence[int],
+) -> float:
+    """The profiler's own cost per node run (ms): over the architectures, the median of
+    ``(median(profiled) - median(plain)) / nodes`` (each architecture's plain and profiled runs'
+    wall-clock times, ms, and its profiled runs' node count)."""
+    return statistics.median(
+        (statistics.median(p) - statistics.median(t)) / max(1, n)
+        for t, p, n in zip(plain_ms, profiled_ms, nodes, strict=True)
+    )
+
+
 def run_samples(
     plain_ms: Sequence[float],
-    profiled_ms: Sequence[float],
     runs: Sequence[list[tuple[str, float]]],
+    delta: float,
     layout: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[float], list[dict[tuple[int, int], float]]]:
-    """One architecture's samples from its plain runs' and profiled runs' times (ms, wall
-    clock) and its profiled runs' node spans (:func:`~nasdet.cost.onnx_runtime.profiled_runs`,
-    nodes tagged by :func:`tag_variants`, and the layout nodes ``layout`` charges to a variant:
-    :func:`layout_variants`).
+    """One architecture's samples from its plain runs' times (ms, wall clock) and its profiled
+    runs' node spans (:func:`~nasdet.cost.onnx_runtime.profiled_runs`, nodes tagged by
+    :func:`tag_variants`, and the layout nodes ``layout`` charges to a variant:
+    :func:`layout_variants`), ``delta`` the profiler's cost per node (:func:`profiler_cost`).
 
-    The profiler's cost per node is ``delta = (median(profiled_ms) - median(plain_ms)) /
-    nodes``; per profiled run, a variant's sample is the sum over its nodes of ``span -
-    delta``, and the rest is ``median(plain_ms)`` minus the run's variant samples.
+    Per profiled run, a variant's sample is the sum over its nodes of ``span - delta``, and the
+    rest is ``median(plain_ms)`` minus the run's variant samples.
 
     Returns:
         ``(rest, samples)``: per run, the rest (ms), and ``{(block, variant): ms}``.
     """
     plain = statistics.median(plain_ms)
-    overhead = statistics.median(profiled_ms) - plain
     rest: list[float] = []
     samples: list[dict[tuple[int, int], float]] = []
     for run in runs:
-        delta = overhead / max(1, len(run))
         sums: dict[tuple[int, int], float] = {}
         for name, span in run:
             bv = _tagged(name) or (layout or {}).get(name)
@@ -215,12 +227,13 @@ def ort_inplace_samples(
             ]
         if bar is not None:
             bar.advance()
+    runs = [profiled_runs(s)[_COLD_RUNS:] for _, s, _ in sessions]
+    layouts = [layout_variants(optimized_graph(s)) for _, s, _ in sessions]
+    delta = profiler_cost(plain, profiled, [len(r[0]) if r else 0 for r in runs])
     samples: list[list[list[float]]] = [[[] for _ in b.variants] for b in body.blocks()]
     rest: list[float] = []
-    for i, (_, profiled_session, _) in enumerate(sessions):
-        runs = profiled_runs(profiled_session)[_COLD_RUNS:]
-        layout = layout_variants(optimized_graph(profiled_session))
-        arch_rest, arch_samples = run_samples(plain[i], profiled[i], runs, layout)
+    for times, arch_runs, layout in zip(plain, runs, layouts, strict=True):
+        arch_rest, arch_samples = run_samples(times, arch_runs, delta, layout)
         rest += arch_rest
         for sums in arch_samples:
             for (b, v), ms in sums.items():
@@ -244,7 +257,8 @@ def ort_inplace_table(
     detector: nn.Module, resolution: int, min_run_time: float, bar: Bar | None = None
 ) -> tuple[float, list[list[float]]]:
     """``(fixed, table)`` in ms from :func:`ort_inplace_samples`: each entry the median of its
-    variant's samples (0 for a skip), ``fixed`` the median of the rests."""
+    variant's samples, floored at 0 (a tiny variant's nodes may cost less than the profiler's
+    mean cost per node; 0 for a skip), ``fixed`` the median of the rests."""
     rest, samples = ort_inplace_samples(detector, resolution, min_run_time=min_run_time, bar=bar)
-    table = [[statistics.median(s) if s else 0.0 for s in row] for row in samples]
+    table = [[max(0.0, statistics.median(s)) if s else 0.0 for s in row] for row in samples]
     return statistics.median(rest), table
