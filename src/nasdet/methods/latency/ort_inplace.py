@@ -13,15 +13,16 @@ keep the tag. A skip variant exports no node and costs 0. onnxruntime also inser
 not fill its blocks of 8 or 16 channels: each is charged to the variant whose output it converts
 (:func:`layout_variants`, from the optimised graph), else to the variant that reads it.
 
-Profiling costs each node run ~15-25 us (measured on ``configs/latency_digits.yaml``'s network,
-~160 nodes: profiled runs 25-50 % slower than plain ones), part of it inside the kernel time it
-reports. So each architecture's plain and profiled runs are both timed (interleaved, in passes
-over all the sessions), and that cost per node, ``delta``, the median over the architectures of
-``(median profiled - median plain run) / nodes`` (:func:`profiler_cost`), is taken off every
-node's span (:func:`run_samples`). Per profiled run, a variant's sample is the sum of its nodes'
-spans less ``delta`` each, and the rest is the architecture's median plain run less its
-variants' samples. An entry is the median of its variant's samples (floored at 0), ``fixed``
-the median of the rests.
+Profiling costs each node run ~13-29 us (measured on ``configs/latency_digits.yaml``'s network
+on a loaded 2-core machine, ~160 nodes: profiled runs 25-50 % slower than plain ones), part of
+it inside the kernel time it reports. So each architecture's plain and profiled runs are both
+timed (interleaved, in passes over all the sessions), and that cost per node, ``delta``, the
+median over the architectures of ``(median profiled - median plain run) / nodes``
+(:func:`profiler_cost`), is taken off every node's span (:func:`run_samples`). Per profiled
+run, a variant's sample is the sum of its nodes' spans less ``delta`` each, and the rest is the
+architecture's median plain run less its variants' samples. An entry is the median of its
+variant's samples (floored at 0), ``fixed`` the median of the rests. Without it, the cheapest
+network of that space was predicted 24 % low (its skips' nodes kept the profiler's cost).
 """
 
 from __future__ import annotations
