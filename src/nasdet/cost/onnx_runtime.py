@@ -227,19 +227,13 @@ def onnx_session(
 
 
 def onnx_session_pair(
-    module: nn.Module,
-    example: Tensor,
-    *,
-    threads: int | None = None,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
-    edit: Callable[[Any], object] | None = None,
+    module: nn.Module, example: Tensor, *, threads: int, edit: Callable[[Any], object] | None
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """:func:`onnx_session`'s export and check, the model opened twice: ``(plain, profiled,
-    feed)``, ``profiled`` with onnxruntime's profiling on (read it with
-    :func:`profiled_runs`). One export for both, so that they run the very same graph."""
-    threads = threads or torch.get_num_threads()
-    data, session, feed = _export_checked(module, example, threads, atol, rtol, edit)
+    """:func:`onnx_session`'s export and check (its default tolerances), the model opened
+    twice: ``(plain, profiled, feed)``, ``profiled`` with onnxruntime's profiling on (read it
+    with :func:`profiled_runs` and :func:`optimized_graph`). One export for both, so that they
+    run the very same graph."""
+    data, session, feed = _export_checked(module, example, threads, 1e-4, 1e-4, edit)
     return session, _session(data, threads, profile=True), feed
 
 
