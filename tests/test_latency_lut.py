@@ -2,8 +2,8 @@
 clock: every conv of the network advances a virtual time by its weight count, so that costs add
 up exactly. Then the table predicts every architecture's whole-network time exactly, the
 baseline included, and the rest of each forward (the fixed part) is the same for all. The same
-for onnxruntime's table of variants timed alone less a session run's cost. Also: each round of
-architectures times every variant, and the LUT cache refuses an older format."""
+for onnxruntime's former table of variants timed alone less a session run's cost. Also: each
+round of architectures times every variant, and the LUT cache refuses an older format."""
 
 from __future__ import annotations
 
@@ -116,10 +116,11 @@ def test_inplace_table_is_exact_for_additive_costs() -> None:
         assert table[1][v] == pytest.approx(want)
 
 
-def test_onnxruntime_table_takes_a_session_runs_cost_off_each_variant(monkeypatch) -> None:
-    """With a session cost that is 0.5 + the convs' weights (each variant exported alone, the
-    whole network once), the table counts each variant's convs once and the session's 0.5
-    once, in ``fixed``: every architecture predicted exactly."""
+def test_onnxruntime_alone_table_takes_a_session_runs_cost_off_each_variant(monkeypatch) -> None:
+    """The former table (``alone=True``, kept to compare with). With a session cost that is
+    0.5 + the convs' weights (each variant exported alone, the whole network once), the table
+    counts each variant's convs once and the session's 0.5 once, in ``fixed``: every
+    architecture predicted exactly."""
 
     def session_cost(module: nn.Module, x: torch.Tensor, kind: str, _t: float) -> float:
         assert kind == "measured:onnxruntime"
@@ -128,7 +129,7 @@ def test_onnxruntime_table_takes_a_session_runs_cost_off_each_variant(monkeypatc
     monkeypatch.setattr(latency, "_cost", session_cost)
     space = to_space_detector(_baseline(), [0.5])
     body = space.backbone.body
-    lut = build_table(space, 64, "measured:onnxruntime")
+    lut = build_table(space, 64, "measured:onnxruntime", alone=True)
     rng = random.Random(1)
     for arch in [body.space.baseline, *(body.space.sample(rng) for _ in range(3))]:
         body.set_active_subnet(arch)
