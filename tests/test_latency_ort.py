@@ -167,3 +167,29 @@ def test_layout_nodes_are_charged_to_the_variant_whose_output_they_convert() -> 
         "ReorderInput_token_1": (0, 1),
         "ReorderOutput_token_2": (1, 0),
     }
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos"])
+def test_head_conv_entries_map_to_their_modules(detector: str) -> None:
+    """A head tower conv's keep variant maps to its modules' paths: RetinaNet's conv is one
+    registered module; FCOS's is an unregistered view of its conv, GroupNorm and ReLU, whose
+    children carry the paths (the ONNX scopes)."""
+    from test_latency_head import FCOS
+    from test_latency_kinds import RETINANET
+
+    from nasdet.build import build_detector
+    from nasdet.methods import Model
+    from nasdet.methods.latency.nets import space_body, to_space_detector
+
+    arch = {"retinanet": RETINANET, "fcos": FCOS}[detector]
+    det = to_space_detector(build_detector(Model.model_validate(arch), 11, load_weights=False))
+    body = space_body(det)
+    paths = ort_inplace.variant_paths(Network(det), body)
+    heads = range(len(body.blocks()) - 2 * det.head.classification_head.conv.convs.__len__(),
+                  len(body.blocks()))  # fmt: skip
+    per_conv = 1 if detector == "retinanet" else 3
+    for b in heads:
+        mine = sorted(p for p, bv in paths.items() if bv == (b, 0))
+        assert len(mine) == per_conv, (b, mine)
+        assert all(".head." in p and ".conv." in p for p in mine)
+        assert not any(bv == (b, 1) for bv in paths.values())  # the skip has no nodes

@@ -63,14 +63,20 @@ def variant_tag(block: int, variant: int) -> str:
 
 def variant_paths(net: nn.Module, body: LatencySupernet) -> dict[str, tuple[int, int]]:
     """The module path in ``net`` (``named_modules``, e.g. ``detector.backbone.body.3.
-    variants.2``) of every variant that is not a skip, to its ``(block, variant)``."""
+    variants.2``) of every variant that is not a skip, to its ``(block, variant)``. A variant
+    that is not itself in the module tree (an FCOS head conv: an unregistered view of its conv,
+    GroupNorm and ReLU, see :class:`~nasdet.methods.latency.head.SkippableTower`) maps through
+    its children's paths."""
     names = {id(m): name for name, m in net.named_modules(remove_duplicate=False)}
-    return {
-        names[id(variant)]: (b, v)
-        for b, block in enumerate(body.blocks())
-        for v, variant in enumerate(block.variants)
-        if not isinstance(variant, nn.Identity)
-    }
+    paths: dict[str, tuple[int, int]] = {}
+    for b, block in enumerate(body.blocks()):
+        for v, variant in enumerate(block.variants):
+            if isinstance(variant, nn.Identity):
+                continue
+            mods = [variant] if id(variant) in names else list(variant.children())
+            for m in mods:
+                paths[names[id(m)]] = (b, v)
+    return paths
 
 
 def variant_of(node: Any, paths: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
