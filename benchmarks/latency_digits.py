@@ -590,7 +590,8 @@ def markdown(
         lines += [
             f"**LUT accuracy** at {lut['resolution']} px: the LUT's prediction (fixed part + "
             "each block's variant: torch's timed in place inside whole-network forwards, "
-            "onnxruntime's exported and timed alone less a session run's own cost) against the "
+            "onnxruntime's in place too, from its profiler over whole exported networks; the "
+            "rows 'timed alone (former)' each variant alone) against the "
             f"whole network timed alone, over {lut['n']} architectures (20 random, the baseline, "
             "the cheapest), batch 1, one thread, each network timed in 10 interleaved passes "
             "(median); target: MAPE <= 5 %. The ratios to the baseline compare "
