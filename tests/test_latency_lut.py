@@ -19,13 +19,12 @@ from nasdet.methods.latency import latency
 from nasdet.methods.latency.latency import (
     LUT_FORMAT,
     Network,
-    _round_archs,
     _RunOverhead,
     build_table,
     cached_table,
     inplace_samples,
 )
-from nasdet.methods.latency.nets import space_body, to_space_detector
+from nasdet.methods.latency.nets import round_archs, space_body, to_space_detector
 
 
 class VirtualClock:
@@ -142,7 +141,7 @@ def test_a_round_times_every_variant_of_every_block() -> None:
     body = to_space_detector(_baseline(), [0.5]).backbone.body
     rng = random.Random(3)
     for _ in range(3):
-        archs = _round_archs(body, rng)
+        archs = round_archs(body, rng)
         for b, block in enumerate(body.blocks()):
             assert {a.choices[b] for a in archs} == set(range(len(block.variants)))
 

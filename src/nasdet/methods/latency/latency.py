@@ -61,7 +61,12 @@ from nasdet.cost._utils import module_device
 from nasdet.cost.flops import count_flops
 from nasdet.cost.latency import measure_latency
 from nasdet.errors import ConfigError
-from nasdet.methods.latency.nets import LatencySupernet, space_body
+from nasdet.methods.latency.nets import (  # noqa: F401 (Network: re-exported)
+    LatencySupernet,
+    Network,
+    round_archs,
+    space_body,
+)
 from nasdet.methods.latency.space import LatencyArch
 from nasdet.progress import Bar
 
@@ -124,22 +129,6 @@ class LatencyTable:
 
     def key(self) -> str:
         return f"{self.kind}@{self.resolution}"
-
-
-class Network(nn.Module):
-    """A detector's backbone, neck and head on a batch tensor (what the LUT times): YOLOv3's
-    ``raw_outputs``, else ``head(backbone(x))`` (torchvision's detectors, whose neck is in the
-    backbone)."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, x: Tensor) -> object:
-        det = self.detector
-        if hasattr(det, "raw_outputs"):
-            return det.raw_outputs(x)
-        return det.head(list(det.backbone(x).values()))
 
 
 def block_inputs(detector: nn.Module, resolution: int) -> list[list[Tensor]]:
@@ -216,17 +205,6 @@ _MIN_ROUNDS = 5
 _WARMUP_ROUNDS = 1
 
 
-def _round_archs(body: LatencySupernet, rng: random.Random) -> list[LatencyArch]:
-    """One round: ``max_b len(variants_b)`` architectures in which every variant of every block
-    appears at least once (each block's variants in a random order, repeated to fill), so that
-    each variant is timed among random neighbours."""
-    sizes = [len(b.variants) for b in body.blocks()]
-    orders = [rng.sample(range(n), n) for n in sizes]
-    return [
-        LatencyArch(tuple(order[k % len(order)] for order in orders)) for k in range(max(sizes))
-    ]
-
-
 def inplace_samples(
     body: LatencySupernet,
     forward: Callable[[], object],
@@ -238,9 +216,10 @@ def inplace_samples(
     bar: Bar | None = None,
 ) -> tuple[list[float], list[list[list[float]]]]:
     """Time every block variant in place: whole-network ``forward()`` calls over random
-    architectures (:func:`_round_archs`), each variant module timed between a forward pre-hook
-    and a forward hook with ``clock`` (seconds), for ``min_rounds`` rounds and at least
-    ``min_run_time`` seconds per variant (after a warm-up round).
+    architectures (:func:`~nasdet.methods.latency.nets.round_archs`), each variant module
+    timed between a forward pre-hook and a forward hook with ``clock`` (seconds), for
+    ``min_rounds`` rounds and at least ``min_run_time`` seconds per variant (after a warm-up
+    round).
 
     Returns:
         ``(rest, samples)``: per forward, its time minus its blocks' times (ms); and
@@ -283,7 +262,7 @@ def inplace_samples(
             recording[0] = rounds >= _WARMUP_ROUNDS
             if rounds == _WARMUP_ROUNDS:
                 t_start = time.perf_counter()
-            for arch in _round_archs(body, rng):
+            for arch in round_archs(body, rng):
                 body.set_active_subnet(arch)
                 spent.clear()
                 calls.clear()

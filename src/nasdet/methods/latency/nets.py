@@ -25,6 +25,7 @@ conv (``sum |W_next[:, h]|``), as Once-for-All ranks channels.
 from __future__ import annotations
 
 import copy
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -362,3 +363,30 @@ def to_space_detector(
     if head_skip:
         attach_head_space(detector)
     return detector
+
+
+class Network(nn.Module):
+    """A detector's backbone, neck and head on a batch tensor (what the LUT times): YOLOv3's
+    ``raw_outputs``, else ``head(backbone(x))`` (torchvision's detectors, whose neck is in the
+    backbone)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: Tensor) -> object:
+        det = self.detector
+        if hasattr(det, "raw_outputs"):
+            return det.raw_outputs(x)
+        return det.head(list(det.backbone(x).values()))
+
+
+def round_archs(body: LatencySupernet, rng: random.Random) -> list[LatencyArch]:
+    """One round: ``max_b len(variants_b)`` architectures in which every variant of every block
+    appears at least once (each block's variants in a random order, repeated to fill), so that
+    each variant is timed among random neighbours."""
+    sizes = [len(b.variants) for b in body.blocks()]
+    orders = [rng.sample(range(n), n) for n in sizes]
+    return [
+        LatencyArch(tuple(order[k % len(order)] for order in orders)) for k in range(max(sizes))
+    ]

@@ -1,7 +1,7 @@
 """``measured:onnxruntime``'s LUT timed in place: whole networks profiled node by node.
 
 Hooks cannot time a block inside an onnxruntime session, but its profiler times every node.
-Each architecture of :func:`~nasdet.methods.latency.latency._round_archs`' rounds (every
+Each architecture of :func:`~nasdet.methods.latency.nets.round_archs`' rounds (every
 variant of every block among random neighbours) is exported whole (:class:`~nasdet.methods.
 latency.latency.Network`, one export per architecture: the build's main cost) and opened twice,
 plainly and with profiling (:func:`~nasdet.cost.onnx_runtime.onnx_session_pair`, one thread).
@@ -44,8 +44,7 @@ from nasdet.cost.onnx_runtime import (
     time_session,
     torch_scopes,
 )
-from nasdet.methods.latency.latency import Network, _round_archs
-from nasdet.methods.latency.nets import LatencySupernet, space_body
+from nasdet.methods.latency.nets import LatencySupernet, Network, round_archs, space_body
 from nasdet.progress import Bar
 
 _TAG = re.compile(r"lut_b(\d+)_v(\d+)__")
@@ -203,7 +202,7 @@ def ort_inplace_samples(
     x = torch.zeros(1, 3, resolution, resolution)
     paths = variant_paths(net, body)
     rng = random.Random(seed)
-    archs = [a for _ in range(rounds) for a in _round_archs(body, rng)]
+    archs = [a for _ in range(rounds) for a in round_archs(body, rng)]
     sessions = []
     for arch in archs:
         body.set_active_subnet(arch)
