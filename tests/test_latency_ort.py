@@ -128,6 +128,34 @@ def test_onnxruntime_table_has_an_entry_per_variant_and_zero_for_skips(monkeypat
     assert body.active_subnet() == body.space.baseline  # restored
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_no_onnxruntime_file_is_left_in_the_temporary_folder(monkeypatch, tmp_path, fail) -> None:
+    """The profiled sessions write a profile and an optimised graph to the temporary folder:
+    read and deleted after a build, and deleted when the build fails half-way (here: the
+    timing of the second session raises)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    calls = []
+    real = ort_inplace.time_session
+
+    def timing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if fail and len(calls) == 2:
+            raise RuntimeError("stopped half-way")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort_inplace, "time_session", timing)
+    det = _tiny(multipliers=[])
+    if fail:
+        with pytest.raises(RuntimeError, match="half-way"):
+            build_table(det, 32, "measured:onnxruntime", min_run_time=0.01)
+    else:
+        build_table(det, 32, "measured:onnxruntime", min_run_time=0.01)
+    assert len(calls) >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_run_samples_take_the_profilers_cost_per_node_off() -> None:
     """Nodes whose plain cost is 1 ms each, profiled at 1.5 ms (0.5 ms of profiler per node):
     the samples are the plain costs, the rest the run's nodes outside every variant plus its

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "OnnxMismatchError",
+    "discard_profiling",
     "export_onnx",
     "onnx_latency",
     "onnx_session",
@@ -139,6 +140,7 @@ def _session(model: Path | bytes, threads: int, *, profile: bool = False) -> Any
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    optimized = None
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "nasdet-ort-profile")
@@ -147,7 +149,12 @@ def _session(model: Path | bytes, threads: int, *, profile: bool = False) -> Any
         options.optimized_model_filepath = optimized
         options.log_severity_level = 3  # not the warning that an NCHWc graph is hardware-bound
     source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except BaseException:
+        if optimized is not None:
+            Path(optimized).unlink(missing_ok=True)
+        raise
 
 
 def _check_outputs(expected: list[Tensor], actual: list[Any], *, atol: float, rtol: float) -> None:
@@ -286,6 +293,17 @@ def optimized_graph(session: Any) -> Any:
         return onnx.load(str(path)).graph
     finally:
         os.unlink(path)
+
+
+def discard_profiling(session: Any) -> None:
+    """Delete the files of a session opened by :func:`onnx_session_pair` with profiling (its
+    profile, ended here if it still runs, and its optimised graph) that :func:`profiled_runs`
+    and :func:`optimized_graph` have not read and deleted: a caller that fails half-way leaves
+    nothing in the temporary folder. Safe to call more than once."""
+    profile = session.end_profiling()  # "" once ended
+    if profile:
+        Path(profile).unlink(missing_ok=True)
+    Path(session.get_session_options().optimized_model_filepath).unlink(missing_ok=True)
 
 
 def profiled_runs(session: Any) -> list[list[tuple[str, float]]]:

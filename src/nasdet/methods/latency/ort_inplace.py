@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from nasdet.cost.onnx_runtime import (
+    discard_profiling,
     onnx_session_pair,
     optimized_graph,
     profiled_runs,
@@ -203,38 +204,43 @@ def ort_inplace_samples(
     paths = variant_paths(net, body)
     rng = random.Random(seed)
     archs = [a for _ in range(rounds) for a in round_archs(body, rng)]
-    sessions = []
-    for arch in archs:
-        body.set_active_subnet(arch)
-        tagged: list[int] = []
+    sessions: list[tuple[Any, Any, dict[str, Any]]] = []
+    try:
+        for arch in archs:
+            body.set_active_subnet(arch)
+            active = [b.variants[c] for b, c in zip(body.blocks(), arch.choices, strict=True)]
 
-        def edit(model: Any, tagged: list[int] = tagged) -> None:
-            tagged.append(tag_variants(model, paths))
+            def edit(model: Any, active: list[nn.Module] = active) -> None:
+                if not tag_variants(model, paths) and any(
+                    not isinstance(v, nn.Identity) for v in active
+                ):
+                    raise RuntimeError(
+                        "measured:onnxruntime: no ONNX node of the exported network lies in a "
+                        "block variant's module scope (the dynamo exporter's "
+                        "pkg.torch.onnx.name_scopes); install onnxscript so that "
+                        "torch.onnx.export uses it"
+                    )
 
-        sessions.append(onnx_session_pair(net, x, threads=1, edit=edit))
-        active = (b.variants[c] for b, c in zip(body.blocks(), arch.choices, strict=True))
-        if not tagged[0] and any(not isinstance(v, nn.Identity) for v in active):
-            raise RuntimeError(
-                "measured:onnxruntime: no ONNX node of the exported network lies in a block "
-                "variant's module scope (the dynamo exporter's pkg.torch.onnx.name_scopes); "
-                "install onnxscript so that torch.onnx.export uses it"
-            )
-        if bar is not None:
-            bar.advance()
-    n_entries = sum(len(b.variants) for b in body.blocks())
-    slot = min_run_time * n_entries / (_PASSES * len(archs) * 2)
-    plain: list[list[float]] = [[] for _ in archs]
-    profiled: list[list[float]] = [[] for _ in archs]
-    for _ in range(_PASSES):
-        for i, (plain_session, profiled_session, feed) in enumerate(sessions):
-            plain[i] += [t * 1e3 for t in time_session(plain_session, feed, min_run_time=slot)]
-            profiled[i] += [
-                t * 1e3 for t in time_session(profiled_session, feed, min_run_time=slot)
-            ]
-        if bar is not None:
-            bar.advance()
-    runs = [profiled_runs(s)[_COLD_RUNS:] for _, s, _ in sessions]
-    layouts = [layout_variants(optimized_graph(s)) for _, s, _ in sessions]
+            sessions.append(onnx_session_pair(net, x, threads=1, edit=edit))
+            if bar is not None:
+                bar.advance()
+        n_entries = sum(len(b.variants) for b in body.blocks())
+        slot = min_run_time * n_entries / (_PASSES * len(archs) * 2)
+        plain: list[list[float]] = [[] for _ in archs]
+        profiled: list[list[float]] = [[] for _ in archs]
+        for _ in range(_PASSES):
+            for i, (plain_session, profiled_session, feed) in enumerate(sessions):
+                plain[i] += [t * 1e3 for t in time_session(plain_session, feed, min_run_time=slot)]
+                profiled[i] += [
+                    t * 1e3 for t in time_session(profiled_session, feed, min_run_time=slot)
+                ]
+            if bar is not None:
+                bar.advance()
+        runs = [profiled_runs(s)[_COLD_RUNS:] for _, s, _ in sessions]
+        layouts = [layout_variants(optimized_graph(s)) for _, s, _ in sessions]
+    finally:  # a failure half-way leaves no profile or graph file in the temporary folder
+        for _, profiled_session, _ in sessions:
+            discard_profiling(profiled_session)
     delta = profiler_cost(plain, profiled, [len(r[0]) if r else 0 for r in runs])
     samples: list[list[list[float]]] = [[[] for _ in b.variants] for b in body.blocks()]
     rest: list[float] = []
