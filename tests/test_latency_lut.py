@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from nasdet.methods.latency import latency
 from nasdet.methods.latency.latency import (
+    KIND_FORMAT,
     LUT_FORMAT,
     Network,
     _RunOverhead,
@@ -153,8 +155,34 @@ def test_lut_cache_of_an_older_format_is_measured_again(tmp_path, caplog) -> Non
     path.write_text(json.dumps({"mmac@64": stale}))  # format 1: keys at the top level
     with caplog.at_level("WARNING"):
         lut = cached_table(path, space, 64, "mmac")
-    assert "older format" in caplog.text
+    assert "format 1" in caplog.text
     assert lut.fixed > 0 and len(lut.table) == len(space.backbone.body.blocks())
     cache = json.loads(path.read_text())
     assert cache["format"] == LUT_FORMAT and set(cache["tables"]) == {"mmac@64"}
+    assert cache["tables"]["mmac@64"]["format"] == LUT_FORMAT
     assert cached_table(path, space, 64, "mmac") == lut
+
+
+def test_lut_cache_measures_again_only_the_kinds_whose_format_changed(
+    tmp_path, caplog, monkeypatch
+) -> None:
+    """A format-2 cache (no per-table format): its mmac table is kept as long as mmac's
+    measurement has not changed since; once it has (KIND_FORMAT raised), that table alone is
+    measured again and the others are left as they are."""
+    space = to_space_detector(_baseline(), [0.5])
+    path = tmp_path / "lut.json"
+    lut = cached_table(path, space, 64, "mmac")
+    kept = {**asdict(lut), "fixed": 123.0}  # a value no measurement gives: read, not measured
+    other = {**asdict(lut), "kind": "measured:cpu", "fixed": 7.0}
+    path.write_text(
+        json.dumps({"format": 2, "tables": {"mmac@64": kept, "measured:cpu@64": other}})
+    )
+    assert cached_table(path, space, 64, "mmac").fixed == 123.0
+    monkeypatch.setitem(KIND_FORMAT, "mmac", LUT_FORMAT + 1)
+    with caplog.at_level("WARNING"):
+        again = cached_table(path, space, 64, "mmac")
+    assert "mmac@64 is of an older format" in caplog.text
+    assert again.fixed == lut.fixed
+    cache = json.loads(path.read_text())
+    assert cache["tables"]["measured:cpu@64"] == {**other, "format": 2}  # its cache's format
+    assert cache["format"] == LUT_FORMAT

@@ -376,28 +376,39 @@ def build_table(
 
 
 # the cache's format: 3 = onnxruntime's tables timed in place too; 2 = torch's measured
-# tables timed in place (1, unmarked: timed alone)
+# tables timed in place (1, unmarked: timed alone, its tables at the top level)
 LUT_FORMAT = 3
+# the format in which each kind's measurement last changed: a cached table of an older format
+# (its own "format", else its cache's) is measured again, the others are kept
+KIND_FORMAT = {"mmac": 1, "measured:cpu": 2, "measured:cuda": 2, "measured:onnxruntime": 3}
 
 
 def cached_table(
     path: Path, detector: nn.Module, resolution: int, kind: str, *, min_run_time: float = 0.2
 ) -> LatencyTable:
     """The LUT of ``kind`` at ``resolution`` from the JSON cache ``path`` (``{"format":
-    LUT_FORMAT, "tables": {"<kind>@<resolution>": ...}}``), measured and added to it when
-    missing. A cache of another format is measured again (and replaced), never read; so is a
-    table whose entries and variants are not the space's (``detector``'s)."""
+    LUT_FORMAT, "tables": {"<kind>@<resolution>": {..., "format": LUT_FORMAT}}}``), measured
+    and added to it when missing. A table measured in a format older than its kind's
+    :data:`KIND_FORMAT` is measured again (and replaced), never read, and so is a table whose
+    entries and variants are not the space's (``detector``'s); a format-1 cache is replaced
+    whole."""
     cache = json.loads(path.read_text()) if path.is_file() else {}
-    if cache and cache.get("format") != LUT_FORMAT:
-        log.warning("%s: a LUT cache of an older format; measuring the LUT again", path)
+    if cache and "tables" not in cache:
+        log.warning("%s: a LUT cache of format 1; measuring the LUT again", path)
         cache = {}
-    cache.setdefault("format", LUT_FORMAT)
     tables = cache.setdefault("tables", {})
+    for table in tables.values():  # each table keeps the format it was measured in
+        table.setdefault("format", cache.get("format", LUT_FORMAT))
+    cache["format"] = LUT_FORMAT
     key = f"{kind}@{resolution}"
+    cached = dict(tables.get(key, {}))
+    if cached and cached.pop("format") < KIND_FORMAT[kind]:
+        log.warning("%s: the cached LUT %s is of an older format; measuring it again", path, key)
+        cached = {}
     sizes = [len(b.variants) for b in space_body(detector).blocks()]
-    if key in tables and [len(row) for row in tables[key]["table"]] == sizes:
-        return LatencyTable(**tables[key])
-    if key in tables:  # e.g. a space without its head's entries
+    if cached and [len(row) for row in cached["table"]] == sizes:
+        return LatencyTable(**cached)
+    if cached:  # e.g. a space without its head's entries
         log.warning("%s: the cached LUT %s is for another space; measuring it again", path, key)
     lut = build_table(detector, resolution, kind, min_run_time=min_run_time)
     log.info(
@@ -408,6 +419,6 @@ def cached_table(
         lut.minimum,
         lut.unit,
     )
-    tables[key] = asdict(lut)
+    tables[key] = {**asdict(lut), "format": LUT_FORMAT}
     write_json_atomic(path, cache)
     return lut
