@@ -463,6 +463,52 @@ def test_ray_dead_actor_is_replaced_and_setup_errors_raise(ray_local: Any, tmp_p
             list(executor.run(actor_task, [Task(1, {})]))
 
 
+def test_ray_task_lost_with_its_node_runs_again_on_another_actor(
+    ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """An actor that dies with its node (here: a crash that ``lost_node`` is made to read as a
+    node loss; tests/test_ray_cluster.py kills a real node) does not fail its task: the task
+    runs again, before the new ones, and is yielded once, done."""
+    from nasdet.search import actors
+
+    monkeypatch.setattr(
+        actors,
+        "lost_node",
+        lambda ray, exc: "node feed" if isinstance(exc, ray.exceptions.RayActorError) else None,
+    )
+    marker = tmp_path / "crashed"
+    tasks = [Task(1, {"value": 1, "crash_once": str(marker)})]
+    tasks += [Task(i, {"value": i, "sleep_s": 0.2}) for i in range(2, 6)]
+    with caplog.at_level("WARNING", logger="nasdet.search.executors"):
+        with RayActorExecutor(2, setup=setup_actor) as executor:
+            outcomes = list(executor.run(actor_task, tasks))
+    assert marker.is_file()  # it did crash once
+    assert sorted(o.record_id for o in outcomes) == [1, 2, 3, 4, 5]
+    assert all(o.ok and o.result["value"] == 2 * o.record_id for o in outcomes)
+    assert all(o.node for o in outcomes)  # each outcome names the node it ran on
+    assert "re-running record 1, lost with node feed (re-run 1 of at most 2)" in caplog.text
+    assert "record 1 ran again on node" in caplog.text
+
+
+def test_ray_actors_that_cannot_start_fail_the_run_after_start_timeout(ray_local: Any) -> None:
+    """No node has room for the actor (another actor holds every CPU): the run fails with
+    a line saying so after ``start_timeout``, instead of waiting for ever."""
+
+    @ray_local.remote(num_cpus=2)
+    class Hog:
+        def ping(self) -> int:
+            return 1
+
+    hog = Hog.remote()
+    ray_local.get(hog.ping.remote())
+    try:
+        with RayActorExecutor(1, setup=setup_actor, start_timeout=1.0) as executor:
+            with pytest.raises(WorkFailed, match="no Ray actor could start within 1 s"):
+                list(executor.run(actor_task, [Task(1, {})]))
+    finally:
+        ray_local.kill(hog)
+
+
 def test_each_scored_candidate_is_a_tensorboard_run_with_hparams(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

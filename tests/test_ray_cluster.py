@@ -1,8 +1,10 @@
 """A Ray cluster started outside nasdet (``ray start --head`` with no CPU, plus two worker nodes
 of one CPU each) loses the worker node running a candidate while a search step runs on it: an
-SP-NAS serial step (``executor.address: auto``) and a DetNAS scoring step (the explicit
-address). The candidates lost with the node run again on the other worker node, every candidate
-is recorded once, and the run log names the lost node and the re-run records.
+SP-NAS serial step (``executor.address: auto``), a DetNAS scoring step (the explicit address)
+and an OFA search, whose two Ray actors each hold a supernet (one per worker node; the one lost
+with its node finds no room to start again, so the other scores the rest). The candidates lost
+with the node run again on the other worker node, every candidate is recorded once, and the run
+log names the lost node and the re-run records.
 
 Marked ``ray_cluster``: ``pytest -m "not ray_cluster"`` skips it. It starts a cluster of its own:
 its two runs take about 70 CPU seconds in all (the Ray processes, the workers, this process).
@@ -23,6 +25,7 @@ import pytest
 import yaml
 from _ray_cluster import LocalCluster, Node, processes, ray_command
 from test_detnas_pipeline import detnas_config
+from test_ofa_pipeline import ofa_config
 from test_spnas_pipeline import spnas_config
 
 import nasdet
@@ -71,9 +74,9 @@ class Killer(threading.Thread):
     no CPU, so every candidate runs on one of them: which one is Ray's choice, that one is
     killed, and the other is the node the lost candidate must run again on."""
 
-    def __init__(self, nodes: list[Node], timeout: float = 300) -> None:
+    def __init__(self, nodes: list[Node], task: str, timeout: float = 300) -> None:
         super().__init__(daemon=True)
-        self.nodes, self.timeout = nodes, timeout
+        self.nodes, self.task, self.timeout = nodes, task, timeout
         self.node_id: str | None = None
         self.error: str | None = None
         self.step_over = threading.Event()
@@ -83,7 +86,7 @@ class Killer(threading.Thread):
         try:
             while True:
                 procs = processes()  # one look at /proc for all the nodes: it costs CPU
-                busy = [n for n in self.nodes if n.busy_workers("_ray_call", procs)]
+                busy = [n for n in self.nodes if n.busy_workers(self.task, procs)]
                 if busy:
                     break
                 if self.step_over.is_set() or time.monotonic() > deadline:
@@ -97,12 +100,18 @@ class Killer(threading.Thread):
 
 
 def run_losing_a_node(
-    cluster: LocalCluster, cfg: dict, tmp_path: Path, *, first: list[str] | None = None
+    cluster: LocalCluster,
+    cfg: dict,
+    tmp_path: Path,
+    *,
+    first: list[str] | None = None,
+    task: str = "_ray_call",
 ) -> tuple[Path, str]:
     """``nasdet run`` of ``cfg`` while the worker node that runs the first candidate is killed;
     the run folder and the lost node's id. ``first``: steps run before, undisturbed, in this
     process (``--steps`` with ``search.executor: inprocess``, a key a run may change when it
-    resumes: the run then resumes after them on the cluster)."""
+    resumes: the run then resumes after them on the cluster). ``task``: the Ray process title
+    of a candidate running (``_ray_call``: a Ray task; ``_ActorWorker.score``: an actor's)."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -118,7 +127,7 @@ def run_losing_a_node(
     while len(live) < 2:  # a node killed by an earlier test is replaced
         live.append(cluster.add_node())
         cluster.wait(live[-1])  # up before the step starts: its first candidates can go there
-    killer = Killer(live)
+    killer = Killer(live, task)
     killer.start()
     try:
         code = main(["-q", "run", str(path), "--out", str(out)])
@@ -170,7 +179,24 @@ def detnas_scoring(
     return cfg, "evolution_search", 2
 
 
-@pytest.mark.parametrize("step", [spnas_serial, detnas_scoring], ids=["spnas", "detnas"])
+def ofa_search(
+    cluster: LocalCluster, digits_root: Path, cls_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict, str, int]:
+    """An OFA search with 2 Ray actors at the cluster's address, 7 candidates (a population of
+    4, then one generation of 3 children): (config, step, candidates)."""
+    cfg = ofa_config(digits_root, executor="ray", address=cluster.address)
+    cfg["search"]["trainer_cfg"]["parallelism"] = 2
+    cfg["pipeline"] = ["supernet_train", "search"]
+    return cfg, "search", 7
+
+
+FIRST = {spnas_serial: ["fine_tune"], ofa_search: ["supernet_train"]}  # run here, first
+TASK = {ofa_search: "_ActorWorker.score"}
+
+
+@pytest.mark.parametrize(
+    "step", [spnas_serial, detnas_scoring, ofa_search], ids=["spnas", "detnas", "ofa"]
+)
 def test_a_step_survives_losing_a_node(
     step: Callable[..., tuple[dict, str, int]],
     cluster: LocalCluster,
@@ -182,7 +208,9 @@ def test_a_step_survives_losing_a_node(
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg, name, expected = step(cluster, digits_root, cls_root, monkeypatch)
-    # SP-NAS's serial step starts from fine_tune's record: fine_tune runs first, in this process
-    first = ["fine_tune"] if step is spnas_serial else None
-    out, lost = run_losing_a_node(cluster, cfg, tmp_path, first=first)
+    # SP-NAS's serial step starts from fine_tune's record, OFA's search from its supernet: they
+    # run first, in this process
+    out, lost = run_losing_a_node(
+        cluster, cfg, tmp_path, first=FIRST.get(step), task=TASK.get(step, "_ray_call")
+    )
     assert_rerun_once(out, name, lost, expected)

@@ -24,7 +24,9 @@ def sleep_task(payload: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         payload: ``sleep_s`` (seconds, default 0), ``value`` (a number, default 0); ``fail``:
-            raise ``ValueError``; ``crash``: kill the worker process (``os._exit``).
+            raise ``ValueError``; ``crash``: kill the worker process (``os._exit``);
+            ``crash_once``: a file path: kill the worker unless the file exists, creating it
+            first (so that the task succeeds when it runs again).
 
     Returns:
         ``{"value": 2 * value, "start": t0, "end": t1, "pid": ..., "host": ...}`` with unix
@@ -32,6 +34,9 @@ def sleep_task(payload: dict[str, Any]) -> dict[str, Any]:
     """
     start = time.time()
     if payload.get("crash"):
+        os._exit(3)
+    if payload.get("crash_once") and not os.path.exists(payload["crash_once"]):
+        open(payload["crash_once"], "w").close()
         os._exit(3)
     time.sleep(float(payload.get("sleep_s", 0)))
     if payload.get("fail"):

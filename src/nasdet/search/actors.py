@@ -23,17 +23,28 @@ Ray actor, a :class:`~nasdet.errors.NasdetError` as itself, anything else as
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import sys
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Self
 
 from nasdet.errors import ConfigError, NasdetError, WorkFailed
-from nasdet.search.executors import Outcome, Task, call_timed, error_line, log_failure, start_ray
+from nasdet.search.executors import (
+    NodeLosses,
+    Outcome,
+    Task,
+    call_timed,
+    error_line,
+    log_failure,
+    lost_node,
+    start_ray,
+)
 
 __all__ = [
     "ActorExecutor",
@@ -112,7 +123,10 @@ class _ActorWorker:
         threads: int,
         gpu: int | None,
     ) -> None:
+        import ray
+
         self.index, self.threads, self.gpu = index, threads, gpu
+        self.node = ray.get_runtime_context().get_node_id()
         os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch if setup imports it
         self._pin()
         self.failure: tuple[str, str, BaseException | None] | None = None
@@ -134,17 +148,19 @@ class _ActorWorker:
         if torch is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 
-    def ready(self) -> tuple[int, tuple[str, str, BaseException | None] | None]:
-        """``(pid, None)`` once set up, ``(pid, (error line, traceback, exception))`` if setup
-        failed."""
-        return os.getpid(), self.failure
+    def ready(self) -> tuple[int, tuple[str, str, BaseException | None] | None, str]:
+        """``(pid, None, node id)`` once set up, ``(pid, (error line, traceback, exception),
+        node id)`` if setup failed."""
+        return os.getpid(), self.failure, self.node
 
     def score(self, fn: ActorFn, task: Task) -> Outcome:
         self._pin()
         self._threads()
         if self.failure is not None:
-            return Outcome(task.record_id, False, {}, self.failure[0], self.failure[1], self.index)
-        return call_timed(functools.partial(fn, self.state), task, self.index)
+            line, text, _ = self.failure
+            return Outcome(task.record_id, False, {}, line, text, self.index, node=self.node)
+        outcome = call_timed(functools.partial(fn, self.state), task, self.index)
+        return dataclasses.replace(outcome, node=self.node)
 
 
 def _picklable(exc: BaseException) -> BaseException | None:
@@ -176,10 +192,22 @@ class RayActorExecutor(ActorExecutor):
             before ``setup`` and before each task; ids are those of the actor's node, so meant
             for one machine). Ignored, with a warning, when the cluster has no GPU.
         address, runtime_env: as for :class:`~nasdet.search.executors.RayExecutor`.
+        max_reruns: how often a task lost with its node runs again (as
+            :class:`~nasdet.search.executors.RayExecutor`'s): it goes to the next actor free,
+            before any new task, and the log names the lost node and the re-run record.
+        start_timeout: seconds to wait, while no task runs, for an actor to be placed and set
+            up before the run fails (a cluster that lost the nodes the actors need).
+        node_timeout: seconds to wait for Ray to declare an actor's node dead after the actor
+            became unreachable in the middle of a task (``ActorUnavailableError``: a lost
+            connection, which a node loss begins with); the driver waits meanwhile. Not
+            declared dead by then: the task is a failed outcome.
 
-    A dead actor (crash, killed, node lost) gives a failed outcome for its task and is replaced
-    by a new one (set up again). Actors are created at once, so setup runs while the driver
-    prepares the first tasks; the first task goes to whichever actor is ready first.
+    A dead actor is replaced by a new one (set up again). When it died with its node, its task
+    runs again elsewhere (up to ``max_reruns`` times); otherwise (a crash, killed) the task is a
+    failed outcome. A replacement that no node has room for does not hold the run up: the other
+    actors take the tasks, and the run ends when the tasks are done. Actors are created at
+    once, so setup runs while the driver prepares the first tasks; the first task goes to
+    whichever actor is ready first.
 
     Raises:
         ConfigError: ray is not installed, a count is out of range, or the actors need more CPUs
@@ -198,6 +226,9 @@ class RayActorExecutor(ActorExecutor):
         gpu_ids: Sequence[int] | None = None,
         address: str | None = None,
         runtime_env: dict[str, Any] | None = None,
+        max_reruns: int = 2,
+        start_timeout: float = 600.0,
+        node_timeout: float = 120.0,
     ) -> None:
         if num_actors < 1:
             raise ConfigError(f"executor: num_actors must be >= 1, got {num_actors}")
@@ -206,8 +237,16 @@ class RayActorExecutor(ActorExecutor):
                 "executor: num_cpus_per_actor and num_gpus_per_actor must be >= 0, got "
                 f"{num_cpus_per_actor}, {num_gpus_per_actor}"
             )
+        if max_reruns < 0 or start_timeout <= 0 or node_timeout < 0:
+            raise ConfigError(
+                "executor: max_reruns and node_timeout must be >= 0 and start_timeout > 0, got "
+                f"{max_reruns}, {node_timeout}, {start_timeout}"
+            )
         _check_module_level(setup, "setup")
         self.max_workers = int(num_actors)
+        self.max_reruns, self.start_timeout = int(max_reruns), float(start_timeout)
+        self.node_timeout = float(node_timeout)
+        self._nodes: dict[int, str] = {}  # actor index -> the id of the node it runs on
         self._setup, self._setup_payload = setup, dict(setup_payload or {})
         self._ray, self._started = start_ray(address, runtime_env)
         resources = self._ray.cluster_resources()
@@ -252,6 +291,7 @@ class RayActorExecutor(ActorExecutor):
             self._ray.kill(self._actors[i], no_restart=True)
         self._actors[i] = None
         self._ready.discard(i)
+        self._nodes.pop(i, None)
 
     def run(self, fn: ActorFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
         """See :meth:`ActorExecutor.run`. ``fn`` must be module level (importable by name).
@@ -269,11 +309,17 @@ class RayActorExecutor(ActorExecutor):
         ray = self._ray
         fn_ref = ray.put(fn)  # pickled once, resolved by each call
         pending: dict[Any, tuple[int, Task | None]] = {}  # ref -> (actor, task; None: ready())
+        lost = NodeLosses(self.max_reruns)
         exhausted = False
 
         def dispatch(i: int) -> None:
             nonlocal exhausted
-            task = None if exhausted else next(task_iter, None)
+            if lost.requeued:  # lost with its node: before any new task
+                task: Task | None = lost.requeued.popleft()
+            elif exhausted:
+                return
+            else:
+                task = next(task_iter, None)
             if task is None:
                 exhausted = True
                 return
@@ -284,21 +330,45 @@ class RayActorExecutor(ActorExecutor):
                 self._spawn(i)
             pending[self._actors[i].ready.remote()] = (i, None)
 
+        def idle() -> list[int]:  # set up, and neither scoring nor starting
+            return sorted(self._ready - {i for i, _ in pending.values()})
+
         try:
             for i in range(self.max_workers):
                 dispatch(i) if i in self._ready else probe(i)
             while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                i, task = pending.pop(ref)
+                running = any(task is not None for _, task in pending.values())
+                if not running and exhausted and not lost.requeued:
+                    break  # no task left for the actors still starting
+                ready, _ = ray.wait(
+                    list(pending), num_returns=1, timeout=None if running else self.start_timeout
+                )
+                if not ready:
+                    raise WorkFailed(
+                        f"executor: no Ray actor could start within {self.start_timeout:g} s "
+                        "and none is running a task; the cluster has no room left for them "
+                        f"({self.num_cpus_per_actor:g} CPU and {self.num_gpus_per_actor:g} GPU "
+                        "each): add nodes or lower trainer_cfg.parallelism"
+                    )
+                i, task = pending.pop(ready[0])
                 if task is None:
-                    self._check_ready(ref, i)
+                    self._check_ready(ready[0], i)
                     dispatch(i)
                     continue
-                outcome, died = self._collect(ref, i, task)
-                yield outcome  # the caller commits it before the freed actor gets a new task
+                outcome, died, node = self._collect(ready[0], i, task)
                 if died:
                     self._kill(i)
-                    if not exhausted:
+                if lost.rerun(task, node):
+                    probe(i)  # a new actor where the node has room; the task to whoever is free
+                    for j in idle():
+                        dispatch(j)
+                    continue
+                lost.ran_again(outcome)
+                if not outcome.ok:
+                    log_failure(outcome)
+                yield outcome  # the caller commits it before the freed actor gets a new task
+                if died:
+                    if not exhausted or lost.requeued:
                         probe(i)
                 else:
                     dispatch(i)
@@ -313,7 +383,7 @@ class RayActorExecutor(ActorExecutor):
     def _check_ready(self, ref: Any, i: int) -> None:
         ray = self._ray
         try:
-            pid, failure = ray.get(ref)
+            pid, failure, node = ray.get(ref)
         except ray.exceptions.RayError as exc:
             self._kill(i)
             raise WorkFailed(f"executor: actor {i} could not start: {error_line(exc)}") from None
@@ -325,20 +395,56 @@ class RayActorExecutor(ActorExecutor):
                 raise exc
             raise WorkFailed(f"executor: setup of actor {i} failed: {line}")
         self._ready.add(i)
-        logger.info("actor %d (pid %d) is set up", i, pid)
+        self._nodes[i] = node
+        logger.info("actor %d (pid %d, node %s) is set up", i, pid, node)
 
-    def _collect(self, ref: Any, i: int, task: Task) -> tuple[Outcome, bool]:
-        """The task's outcome, and whether its actor died."""
+    def _collect(self, ref: Any, i: int, task: Task) -> tuple[Outcome, bool, str | None]:
+        """The task's outcome, whether its actor died, and the node it was lost with (``None``:
+        not lost)."""
         ray = self._ray
         try:
-            outcome, died = ray.get(ref), False
-        except ray.exceptions.RayActorError as exc:  # the actor died: replaced
-            outcome, died = Outcome(task.record_id, False, {}, error_line(exc), str(exc), i), True
-        except ray.exceptions.RayError as exc:  # lost object, cancelled...
-            outcome, died = Outcome(task.record_id, False, {}, error_line(exc), str(exc), i), False
-        if not outcome.ok:
-            log_failure(outcome)
-        return outcome, died
+            return ray.get(ref), False, None
+        except ray.exceptions.RayError as exc:  # actor died, lost object, cancelled...
+            died = isinstance(exc, ray.exceptions.RayActorError)  # the actor is replaced
+            failed = Outcome(task.record_id, False, {}, error_line(exc), str(exc), i)
+            node = lost_node(ray, exc)
+            unreachable = getattr(ray.exceptions, "ActorUnavailableError", ())  # Ray >= 2.30
+            if node is None and isinstance(exc, unreachable):
+                node = self._dead_node(i)
+            return failed, died, node
+
+    def _dead_node(self, i: int) -> str | None:
+        """After actor ``i`` became unreachable: its node as ``"node <id> at <ip>"`` once Ray
+        declares it dead, waiting up to :attr:`node_timeout`; ``None`` when the actor turns out
+        to have died alone (a crash) or answers again, or its node stays alive."""
+        ray, node = self._ray, self._nodes.get(i)
+        if node is None:
+            return None
+        logger.info("actor %d became unreachable: waiting for Ray to tell whether its node died", i)
+        unreachable = getattr(ray.exceptions, "ActorUnavailableError", ())
+        deadline = time.monotonic() + self.node_timeout
+        while time.monotonic() < deadline:
+            info = next((n for n in ray.nodes() if n.get("NodeID") == node), None)
+            if info is None or not info.get("Alive", True):
+                ip = (info or {}).get("NodeManagerAddress")
+                return f"node {node}" + (f" at {ip}" if ip else "")
+            try:
+                ray.get(self._actors[i].ready.remote(), timeout=1.0)
+                return None  # it answers: not lost
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except ray.exceptions.RayActorError as exc:
+                if not isinstance(exc, unreachable):
+                    return lost_node(ray, exc)  # dead: its death cause names a lost node, or not
+            time.sleep(0.5)
+        logger.warning(
+            "actor %d became unreachable, but Ray still reports its node %s alive after %g s: "
+            "its task counts as failed",
+            i,
+            node,
+            self.node_timeout,
+        )
+        return None
 
     def close(self) -> None:
         """Kill the actors; shut Ray down if this executor started it."""
