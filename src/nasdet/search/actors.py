@@ -348,7 +348,7 @@ class RayActorExecutor(ActorExecutor):
                         f"executor: no Ray actor could start within {self.start_timeout:g} s "
                         "and none is running a task; the cluster has no room left for them "
                         f"({self.num_cpus_per_actor:g} CPU and {self.num_gpus_per_actor:g} GPU "
-                        "each): add nodes or lower trainer_cfg.parallelism"
+                        "each): add nodes, or run fewer actors"
                     )
                 i, task = pending.pop(ready[0])
                 if task is None:
