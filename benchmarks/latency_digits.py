@@ -107,16 +107,16 @@ def lut_check(
 ) -> dict[str, Any]:
     """LUT-predicted against measured whole-network cost for ``n`` random architectures plus
     the baseline and the cheapest (one thread; kept in ``dest``, per kind: a kind already in it
-    is not measured again, unless its LUT changed since: ``KIND_FORMAT``). A kind ending in
-    ``/alone`` is torch's former LUT, each variant timed alone."""
-    from nasdet.methods.latency.latency import KIND_FORMAT, LUT_FORMAT
+    is not measured again, unless its LUT changed since: ``measured_since_change``). A kind
+    ending in ``/alone`` is torch's former LUT, each variant timed alone."""
+    from nasdet.methods.latency.latency import LUT_FORMAT, measured_since_change
 
     out: dict[str, Any] = json.loads(dest.read_text()) if dest.is_file() else {}
     made = out.get("lut_format", 1)  # the format of the kinds that do not record their own
     out["kinds"] = {
         label: {**k, "lut_format": k.get("lut_format", made)}
         for label, k in out.get("kinds", {}).items()
-        if k.get("lut_format", made) >= KIND_FORMAT[label.removesuffix(ALONE)]
+        if measured_since_change(label.removesuffix(ALONE), k.get("lut_format", made))
     }
     if all(k in out["kinds"] for k in kinds):
         return out

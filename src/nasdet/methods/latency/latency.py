@@ -383,6 +383,12 @@ LUT_FORMAT = 3
 KIND_FORMAT = {"mmac": 1, "measured:cpu": 2, "measured:cuda": 2, "measured:onnxruntime": 3}
 
 
+def measured_since_change(kind: str, made: int) -> bool:
+    """Whether a ``kind`` table measured in format ``made`` is still current (``made`` is not
+    older than :data:`KIND_FORMAT` of ``kind``)."""
+    return made >= KIND_FORMAT[kind]
+
+
 def cached_table(
     path: Path, detector: nn.Module, resolution: int, kind: str, *, min_run_time: float = 0.2
 ) -> LatencyTable:
@@ -402,7 +408,7 @@ def cached_table(
     cache["format"] = LUT_FORMAT
     key = f"{kind}@{resolution}"
     cached = dict(tables.get(key, {}))
-    if cached and cached.pop("format") < KIND_FORMAT[kind]:
+    if cached and not measured_since_change(kind, cached.pop("format")):
         log.warning("%s: the cached LUT %s is of an older format; measuring it again", path, key)
         cached = {}
     sizes = [len(b.variants) for b in space_body(detector).blocks()]
