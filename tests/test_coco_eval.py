@@ -7,10 +7,16 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from nasdet.engine.coco_eval import STAT_KEYS, detections_to_coco, evaluate_coco
+from nasdet.engine.coco_eval import (
+    STAT_KEYS,
+    detections_to_array,
+    detections_to_coco,
+    evaluate_coco,
+)
 from nasdet.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -292,3 +298,66 @@ def test_detections_to_coco_round_trip_is_perfect() -> None:
         image_ids.append(image["id"])
     stats = evaluate_coco(gt, detections_to_coco(outputs, image_ids, cat_ids))
     assert stats["mAP"] == stats["AP75"] == stats["AR100"] == pytest.approx(1.0)
+
+
+# --- detections as one (N, 7) array -------------------------------------------------------------
+
+
+def _as_array(dets: list[dict]) -> np.ndarray:
+    """pycocotools' result-array layout: image_id, x, y, w, h, score, category_id."""
+    rows = [[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets]
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_array_detections_score_exactly_like_dicts(backend: str) -> None:
+    gt, dets = _random_coco(3)
+    kw = {"backend": backend, "img_ids": [1, 2, 5, 8, 13, 21, 34]}
+    assert evaluate_coco(gt, _as_array(dets), **kw) == evaluate_coco(gt, dets, **kw)
+    assert evaluate_coco(gt, _as_array(dets), backend=backend) == evaluate_coco(
+        gt, dets, backend=backend
+    )
+    empty = evaluate_coco(gt, np.zeros((0, 7)), backend=backend)
+    assert empty == evaluate_coco(gt, [], backend=backend)
+
+
+def test_detections_to_array_is_detections_to_coco() -> None:
+    gen = torch.Generator().manual_seed(0)
+    outputs = []
+    for n in (5, 0, 17):
+        xy = torch.rand(n, 2, generator=gen) * 100
+        wh = torch.rand(n, 2, generator=gen) * 50
+        scores = torch.rand(n, generator=gen)
+        labels = torch.randint(0, 4, (n,), generator=gen)
+        outputs.append({"boxes": torch.cat([xy, xy + wh], 1), "scores": scores, "labels": labels})
+    cat_ids = [4, 9, 11]
+    array = detections_to_array(outputs, [3, 1, 2], cat_ids)
+    dicts = detections_to_coco(outputs, [3, 1, 2], cat_ids)
+    assert array.shape == (len(dicts), 7) and array.dtype == np.float64
+    assert [[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dicts] == (
+        array.tolist()
+    )
+    with pytest.raises(DataError, match="label 4, outside 1..3"):
+        detections_to_array([dict(outputs[0], labels=torch.full((5,), 4))], [1], cat_ids)
+
+
+@pytest.mark.parametrize(
+    ("row", "pattern"),
+    [
+        ([99, 0, 0, 5, 5, 0.5, 3], r"detections: entry 1 has image_id 99\b"),
+        ([10.5, 0, 0, 5, 5, 0.5, 3], r"entry 1 has image_id 10.5\b"),
+        ([10, 0, 0, 5, 5, 0.5, 4], r"entry 1 has category_id 4\b"),
+        ([10, 0, 0, -5, 5, 0.5, 3], r"entry 1 has bbox \[0.0, 0.0, -5.0, 5.0\]"),
+        ([10, 0, float("inf"), 5, 5, 0.5, 3], r"entry 1 has bbox"),
+        ([10, 0, 0, 5, 5, float("nan"), 3], r"entry 1 has score nan"),
+    ],
+)
+def test_malformed_detection_array(row: list[float], pattern: str) -> None:
+    good = [10, 0, 0, 5, 5, 0.5, 3]
+    with pytest.raises(DataError, match=pattern):
+        evaluate_coco(MIXED_GT, np.asarray([good, row], dtype=np.float64))
+
+
+def test_detection_array_of_the_wrong_shape() -> None:
+    with pytest.raises(DataError, match=r"detections: an array of results must be \(N, 7\)"):
+        evaluate_coco(MIXED_GT, np.zeros((3, 6)))

@@ -29,7 +29,15 @@ import torch
 
 from nasdet.errors import DataError
 
-__all__ = ["STAT_KEYS", "CocoBackend", "detections_to_coco", "evaluate_coco", "load_json"]
+__all__ = [
+    "RESULT_COLUMNS",
+    "STAT_KEYS",
+    "CocoBackend",
+    "detections_to_array",
+    "detections_to_coco",
+    "evaluate_coco",
+    "load_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ STAT_KEYS: tuple[str, ...] = (
 """The 12 COCO bbox stats, in the order of pycocotools' ``COCOeval.stats``."""
 
 CocoBackend = Literal["faster", "pycocotools"]
+
+RESULT_COLUMNS: tuple[str, ...] = ("image_id", "x", "y", "w", "h", "score", "category_id")
+"""The columns of results given as one (N, 7) array (pycocotools' ``loadNumpyAnnotations``
+layout): a whole evaluation's detections without a Python dict per detection."""
 
 _GT_SOURCE = "ground truth"
 _DT_SOURCE = "detections"
@@ -181,7 +193,7 @@ def _normalize_gt(gt: Mapping[str, Any] | str | Path) -> tuple[dict[str, Any], s
 
 
 def _normalize_detections(
-    detections: Sequence[Mapping[str, Any]] | str | Path,
+    detections: Sequence[Mapping[str, Any]] | np.ndarray | str | Path,
     img_ids: set[int],
     cat_ids: set[int],
     keep_img_ids: set[int],
@@ -191,6 +203,8 @@ def _normalize_detections(
     Raises :class:`DataError` naming the file (or "detections") and the offending entry for a
     missing key, a malformed box or score, or an image / category id unknown to the ground truth.
     """
+    if isinstance(detections, np.ndarray):
+        return _normalize_array(detections, img_ids, cat_ids, keep_img_ids)
     if isinstance(detections, str | Path):
         source = str(detections)
         detections = load_json(detections, what="COCO results JSON")
@@ -213,27 +227,14 @@ def _normalize_detections(
             )
         image_id, category_id = det["image_id"], det["category_id"]
         if not _is_int(image_id) or int(image_id) not in img_ids:
-            raise DataError(
-                f"{source}: entry {i} has image_id {image_id!r}, which is not an "
-                "image of the ground truth; evaluate against the dataset the "
-                "detections were made on"
-            )
+            raise _bad_entry(source, i, "image_id", image_id, cat_ids)
         if not _is_int(category_id) or int(category_id) not in cat_ids:
-            raise DataError(
-                f"{source}: entry {i} has category_id {category_id!r}, which is not "
-                f"a category of the ground truth (ids {sorted(cat_ids)}); map labels "
-                "with the dataset's cat_ids (see detections_to_coco)"
-            )
+            raise _bad_entry(source, i, "category_id", category_id, cat_ids)
         box = _as_box(det["bbox"])
         if box is None:
-            raise DataError(
-                f"{source}: entry {i} has bbox {det['bbox']!r}; expected "
-                "[x, y, w, h] with finite values and w, h >= 0"
-            )
+            raise _bad_entry(source, i, "bbox", det["bbox"], cat_ids)
         if not _is_real(det["score"]):
-            raise DataError(
-                f"{source}: entry {i} has score {det['score']!r}; expected a finite number"
-            )
+            raise _bad_entry(source, i, "score", det["score"], cat_ids)
         if int(image_id) in keep_img_ids:
             out.append(
                 {
@@ -244,6 +245,63 @@ def _normalize_detections(
                 }
             )
     return out
+
+
+def _bad_entry(source: str, i: int, key: str, value: object, cat_ids: set[int]) -> DataError:
+    """The error for entry ``i`` of the results whose ``key`` is invalid."""
+    why = {
+        "image_id": "which is not an image of the ground truth; evaluate against the dataset the "
+        "detections were made on",
+        "category_id": f"which is not a category of the ground truth (ids {sorted(cat_ids)}); "
+        "map labels with the dataset's cat_ids (see detections_to_coco)",
+        "bbox": "expected [x, y, w, h] with finite values and w, h >= 0",
+        "score": "expected a finite number",
+    }[key]
+    sep = "; " if key in ("bbox", "score") else ", "
+    return DataError(f"{source}: entry {i} has {key} {value!r}{sep}{why}")
+
+
+def _normalize_array(
+    array: np.ndarray, img_ids: set[int], cat_ids: set[int], keep_img_ids: set[int]
+) -> list[dict[str, Any]]:
+    """:func:`_normalize_detections` for results as one (N, 7) array (the layout of
+    :data:`RESULT_COLUMNS`), validated with array operations: the same checks in the same
+    order, and the same error for the first invalid entry."""
+    if array.ndim != 2 or array.shape[1] != len(RESULT_COLUMNS):
+        raise DataError(
+            f"{_DT_SOURCE}: an array of results must be (N, 7) with columns "
+            f"{', '.join(RESULT_COLUMNS)}; got shape {tuple(array.shape)}"
+        )
+    a = np.asarray(array, dtype=np.float64)
+    image, box, score, category = a[:, 0], a[:, 1:5], a[:, 5], a[:, 6]
+    checks = (
+        ("image_id", ~np.isin(image, sorted(img_ids))),
+        ("category_id", ~np.isin(category, sorted(cat_ids))),
+        ("bbox", ~(np.isfinite(box).all(axis=1) & (box[:, 2] >= 0) & (box[:, 3] >= 0))),
+        ("score", ~np.isfinite(score)),
+    )
+    bad = np.logical_or.reduce([mask for _, mask in checks])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        key = next(key for key, mask in checks if mask[i])
+        value = {"image_id": _number(image[i]), "category_id": _number(category[i]),
+                 "bbox": box[i].tolist(), "score": float(score[i])}[key]  # fmt: skip
+        raise _bad_entry(_DT_SOURCE, i, key, value, cat_ids)
+    kept = a[np.isin(image, sorted(keep_img_ids))]
+    return _rows_to_dicts(kept)
+
+
+def _number(value: float) -> int | float:
+    """An id read from a float array: an int when it is integral (as it is shown in errors)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _rows_to_dicts(array: np.ndarray) -> list[dict[str, Any]]:
+    """COCO result dicts of the rows of a validated (N, 7) results array."""
+    return [
+        {"image_id": int(i), "category_id": int(c), "bbox": [x, y, w, h], "score": s}
+        for i, x, y, w, h, s, c in array.tolist()
+    ]
 
 
 def _log_library_output(backend: str, text: str) -> None:
@@ -282,7 +340,7 @@ def _make_evaluator(
 
 def evaluate_coco(
     gt: Mapping[str, Any] | str | Path,
-    detections: Sequence[Mapping[str, Any]] | str | Path,
+    detections: Sequence[Mapping[str, Any]] | np.ndarray | str | Path,
     *,
     backend: CocoBackend = "faster",
     img_ids: Sequence[int] | None = None,
@@ -294,8 +352,10 @@ def evaluate_coco(
             ``bbox`` [x, y, w, h] in pixels, ``area`` in pixels^2, optional ``iscrowd``;
             ``categories``) or the path of such a JSON file. It is not modified.
         detections: COCO result dicts (``image_id``, ``category_id``, ``bbox`` [x, y, w, h] in
-            pixels, ``score``) or the path of a results JSON. An empty list is valid (every AP and
-            AR is then 0, or -1 where undefined).
+            pixels, ``score``), the path of a results JSON, or one (N, 7) float array with the
+            columns :data:`RESULT_COLUMNS` (:func:`detections_to_array`; checked with array
+            operations, so large result sets are validated quickly). An empty list is valid
+            (every AP and AR is then 0, or -1 where undefined).
         backend: ``"faster"`` (faster-coco-eval, C++) or ``"pycocotools"`` (reference).
         img_ids: evaluate only these images (a subset of the dataset); detections on other
             images of ``gt`` are ignored. ``None`` evaluates every image of ``gt``.
@@ -351,12 +411,13 @@ def evaluate_coco(
     return stats
 
 
-def detections_to_coco(
+def detections_to_array(
     outputs: Sequence[Mapping[str, torch.Tensor]],
     image_ids: Sequence[int],
     cat_ids: Sequence[int],
-) -> list[dict[str, Any]]:
-    """Convert torchvision detector outputs to COCO result dicts.
+) -> np.ndarray:
+    """Torchvision detector outputs as one float64 (N, 7) results array, columns
+    :data:`RESULT_COLUMNS`, which :func:`evaluate_coco` takes as it is.
 
     Args:
         outputs: one dict per image with ``boxes`` (N, 4) XYXY in pixels, ``scores`` (N,) and
@@ -367,8 +428,8 @@ def detections_to_coco(
             non-contiguous), as exposed by nasdet datasets.
 
     Returns:
-        ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` dicts with unrounded float
-        coordinates in pixels (boxes are converted in float64).
+        Per kept detection, in the order of the outputs: image id, the box as [x, y, w, h]
+        (unrounded pixels, converted in float64), score, category id.
 
     Raises:
         DataError: a label outside ``0..len(cat_ids)`` (the model's ``num_classes`` does not
@@ -380,7 +441,8 @@ def detections_to_coco(
             "image ids; pass one image id per output"
         )
     num_labels = len(cat_ids)
-    results: list[dict[str, Any]] = []
+    categories = torch.tensor([float(c) for c in cat_ids], dtype=torch.float64)
+    rows = [torch.zeros((0, len(RESULT_COLUMNS)), dtype=torch.float64)]
     for output, image_id in zip(outputs, image_ids, strict=True):
         boxes = torch.as_tensor(output["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4)
         scores = torch.as_tensor(output["scores"]).detach().to("cpu", torch.float64).reshape(-1)
@@ -399,13 +461,18 @@ def detections_to_coco(
                 f"1..{num_labels}; the model's num_classes must be len(cat_ids) + 1"
             )
         boxes[:, 2:] -= boxes[:, :2]
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(cat_ids[label - 1]),
-                    "bbox": box,
-                    "score": score,
-                }
-            )
-    return results
+        image = torch.full((len(labels), 1), float(int(image_id)), dtype=torch.float64)
+        rows.append(torch.cat([image, boxes, scores[:, None], categories[labels - 1, None]], 1))
+    return torch.cat(rows).numpy()
+
+
+def detections_to_coco(
+    outputs: Sequence[Mapping[str, torch.Tensor]],
+    image_ids: Sequence[int],
+    cat_ids: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Convert torchvision detector outputs to COCO result dicts: the rows of
+    :func:`detections_to_array` (same arguments and errors) as
+    ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` dicts with unrounded float
+    coordinates in pixels."""
+    return _rows_to_dicts(detections_to_array(outputs, image_ids, cat_ids))

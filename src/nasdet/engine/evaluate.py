@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from nasdet.data import collate
 from nasdet.engine.bn import bn_batch_stats
-from nasdet.engine.coco_eval import detections_to_coco, evaluate_coco
+from nasdet.engine.coco_eval import detections_to_array, evaluate_coco
 from nasdet.progress import track
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def evaluate(
         num_workers=num_workers,
         bn_mode=bn_mode,
     )
-    results = detections_to_coco(outputs, image_ids, base.cat_ids)
+    results = detections_to_array(outputs, image_ids, base.cat_ids)  # no dict per detection
     stats = evaluate_coco(base.coco_gt(), results, backend=backend, img_ids=image_ids)
     if hasattr(base, "voc_gt"):
         stats.update(_voc_stats(base, dataset, outputs))
