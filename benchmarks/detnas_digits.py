@@ -347,10 +347,6 @@ def _markdown(cfg, codes, estimates, trained, tau, sup_s, sub_s, per_candidate, 
     else:
         cost = [f"**Search cost**: {per_candidate:.1f} s to score one candidate on the supernet; "
                 "the final training's time is unknown (no `subnet_train` record)."]  # fmt: skip
-    alone_s = statistics.mean(trained[str(c)]["train_seconds"] for c in codes) if codes else None
-    if alone_s:
-        cost.append(f"A {epochs}-epoch stand-alone training of the ranking (same machine) takes "
-                    f"{alone_s:.0f} s, {alone_s / per_candidate:.0f}x.")  # fmt: skip
     if spnas_s:
         cost.append(f"One SP-NAS candidate (its training, same machine) takes {spnas_s:.0f} s, "
                     f"{spnas_s / per_candidate:.0f}x.")  # fmt: skip
