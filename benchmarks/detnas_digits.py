@@ -10,16 +10,17 @@ Parts (all by default; each resumes where it stopped):
   the search split; the ranking uses the mean over the seeds;
 - ``report``: the same architectures scored on the trained supernet (BN recalibrated), Kendall
   tau (target >= 0.6) and its plot; training-step time supernet vs extracted subnet (target <=
-  1.15x); candidates scored per minute vs one SP-NAS candidate's training (target >= 100x);
-  the pipeline's searched vs hand-crafted result;
-- ``compare`` (not run by default: about 40 min): the pipeline's searched subnet against the
+  1.15x); one candidate's one-shot scoring vs training it stand-alone with the final-training
+  schedule (target >= 100x); the pipeline's searched vs hand-crafted result;
+- ``compare`` (not run by default: 40 min measured): the pipeline's searched subnet against the
   hand-crafted ShuffleNetV2, each trained from scratch with ``subnet_train``'s budget for seeds
   0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired t-test, verdict); the report then shows it
   in place of the pipeline's one-seed result;
 - ``ablation`` (not run by default: hours): the ranking under each supernet training or scoring
   variant of ``_detnas_ablation.VARIANTS`` (``--variants``), a table of Kendall tau.
 
-    python benchmarks/detnas_digits.py --out docs/benchmarks/detnas.md
+    python benchmarks/detnas_digits.py --parts pipeline,standalone,compare,report --epochs 6 \
+        --seeds 0,1 --out docs/benchmarks/detnas.md
     python benchmarks/detnas_digits.py --parts standalone,ablation --epochs 6 \
         --ablation-out docs/benchmarks/detnas_ablation.md
 """
@@ -161,7 +162,7 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "detnas_digits.yaml")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "benchmarks")
     p.add_argument("--parts", default="pipeline,standalone,report")
-    p.add_argument("--epochs", type=int, default=4, help="stand-alone training epochs")
+    p.add_argument("--epochs", type=int, default=6, help="stand-alone training epochs")
     p.add_argument("--random", type=int, default=6, help="random codes besides the 4 uniform")
     p.add_argument("--seeds", default="0,1", help="stand-alone training seeds (mean ranked)")
     p.add_argument("--variants", default="all", help="ablation variants (comma-separated)")
