@@ -313,12 +313,14 @@ def _markdown(cfg, codes, estimates, trained, tau, sup_s, sub_s, per_candidate, 
               command="python benchmarks/detnas_digits.py", direct_s=None,
               seed_tau=None) -> str:  # fmt: skip
     size = cfg.model.min_size
-    table = ["| architecture | backbone MFLOPs | supernet mAP | stand-alone mAP |",
+    table = ["| architecture | backbone MFLOPs | supernet mAP | stand-alone mAP (each seed) |",
              "|---|---:|---:|---:|"]  # fmt: skip
     for code in codes:
         t = trained[str(code)]
+        each = ", ".join(f"{m:.3f}" for m in t["per_seed"]) if len(t["per_seed"]) > 1 else ""
         table.append(f"| `{code}` | {t['cost']['backbone_flops'] / 1e6:.1f} | "
-                     f"{estimates[str(code)]:.3f} | {t['metrics']['mAP']:.3f} |")  # fmt: skip
+                     f"{estimates[str(code)]:.3f} | {t['metrics']['mAP']:.3f}"
+                     f"{f' ({each})' if each else ''} |")  # fmt: skip
     result = ["| model | architecture | params | backbone MFLOPs | detector MFLOPs | val mAP |",
               "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for role in ("baseline", "searched"):
