@@ -33,10 +33,16 @@ from _async_killrun import (
 
 from nasdet.errors import ConfigError, WorkFailed
 from nasdet.search._selftest import actor_task, setup_actor
-from nasdet.search.actors import ActorExecutor, RayActorExecutor, worker_summary
+from nasdet.search.actors import ActorExecutor, RayActorExecutor, actor_share, worker_summary
 from nasdet.search.async_evolution import AsyncEvolutionSettings
 from nasdet.search.evolution import InfeasibleConstraints
-from nasdet.search.executors import InProcessExecutor, Outcome, Task, call_timed
+from nasdet.search.executors import (
+    InProcessExecutor,
+    Outcome,
+    Task,
+    call_timed,
+    live_resources,
+)
 from nasdet.search.predictor import AccuracyPredictor, kendall_tau
 from nasdet.search.records import Record, RecordStore
 
@@ -411,6 +417,43 @@ def test_a_sigkilled_search_resumes_consistent_and_complete(tmp_path: Path, seri
 
 
 # -- Ray actors ------------------------------------------------------------------------------
+
+
+def node(cpus: float, gpus: float = 0, alive: bool = True) -> dict[str, Any]:
+    """One entry of ``ray.nodes()`` (the keys nasdet reads)."""
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), "memory": 1e9}
+    return {"NodeID": f"n{cpus}{gpus}{alive}", "Alive": alive, "Resources": resources}
+
+
+def test_actor_share_counts_live_nodes_and_fits_one_node() -> None:
+    """tests/test_ray_cluster.py's cluster after a node loss: a head with no CPU, two live
+    workers of 1 CPU, and the lost one, which Ray may still list alive for a while. Each actor
+    asks for 1 CPU, never 3 / 2 = 1.5, which no node holds."""
+    head, lost = node(0), node(1)
+    assert live_resources([head, lost, node(1), node(1)]) == (3, 0, 1)
+    assert actor_share([head, lost, node(1), node(1)], 2) == (1, 0)
+    lost["Alive"] = False  # once Ray has noticed, its resources are no longer counted
+    assert live_resources([head, lost, node(1), node(1)]) == (2, 0, 1)
+    assert actor_share([head, node(8, alive=False), node(1), node(1)], 2) == (1, 0)
+    assert actor_share([node(2)], 2) == (1, 0) and actor_share([node(1)], 2) == (0.5, 0)
+    assert actor_share([node(4), node(1)], 2, num_cpus=1, num_gpus=0) == (1, 0)
+    assert actor_share([node(8, gpus=2)], 2, num_gpus=1) == (4, 1)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "num", "kwargs", "match"),
+    [
+        ([node(1), node(1)], 1, {"num_cpus": 2}, "1 actors with 2 CPU .* at most 1 on one node"),
+        ([node(4), node(1)], 2, {"num_cpus": 3}, "2 actors with 3 CPU .*\\(5 CPUs, at most 4"),
+        ([node(2)], 1, {"num_gpus": 1}, "0 GPUs\\); lower num_actors"),
+        ([node(4, alive=False)], 1, {}, "\\(0 CPUs, at most 0 on one node"),
+    ],
+)
+def test_actor_share_refuses_actors_that_do_not_fit(
+    nodes: list[dict[str, Any]], num: int, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        actor_share(nodes, num, **kwargs)
 
 
 def test_ray_actors_set_up_once_score_concurrently_and_commit(

@@ -41,6 +41,7 @@ from nasdet.search.executors import (
     Task,
     call_timed,
     error_line,
+    live_resources,
     log_failure,
     lost_node,
     start_ray,
@@ -173,6 +174,33 @@ def _picklable(exc: BaseException) -> BaseException | None:
     return exc
 
 
+def actor_share(
+    nodes: list[dict[str, Any]],
+    num_actors: int,
+    num_cpus: float | None = None,
+    num_gpus: float = 0,
+) -> tuple[float, float]:
+    """The CPUs and GPUs each of ``num_actors`` actors asks for on the cluster whose nodes are
+    ``nodes`` (``ray.nodes()``). ``num_cpus`` None: the live nodes' CPUs shared equally, but
+    never more than the largest live node has (an actor runs on one node; a node that just
+    died may still be counted, see :func:`live_resources`).
+
+    Raises:
+        ConfigError: the actors do not fit the live nodes' CPUs or GPUs, one actor's CPUs fit
+            no single node, or (``num_cpus`` None) no live node has a CPU.
+    """
+    cpus, gpus, largest = live_resources(nodes)
+    share = min(cpus / num_actors, largest) if num_cpus is None else float(num_cpus)
+    no_cpu = num_cpus is None and largest <= 0  # nowhere to run: not 0-CPU actors on the head
+    if no_cpu or num_actors * share > cpus + 1e-9 or share > largest + 1e-9 or num_gpus > gpus:
+        raise ConfigError(
+            f"executor: {num_actors} actors with {share:g} CPU and {num_gpus:g} GPU each do not "
+            f"fit the Ray cluster ({cpus:g} CPUs, at most {largest:g} on one node, {gpus:g} "
+            "GPUs); lower num_actors or the per-actor resources"
+        )
+    return share, float(num_gpus)
+
+
 class RayActorExecutor(ActorExecutor):
     """``num_actors`` Ray actors, each set up once, scoring one task at a time.
 
@@ -181,8 +209,9 @@ class RayActorExecutor(ActorExecutor):
         setup: ``setup(setup_payload) -> state``, run once in each actor (load the supernet);
             ``None``: the state is ``None``. Module level (importable by name on the workers).
         setup_payload: plain data ``setup`` needs (paths, config dict).
-        num_cpus_per_actor: Ray CPUs each actor reserves; default: the cluster's CPUs divided by
-            ``num_actors``, so the actors share the cores. Each actor sets ``OMP_NUM_THREADS``
+        num_cpus_per_actor: Ray CPUs each actor reserves; default: the live nodes' CPUs divided
+            by ``num_actors``, so the actors share the cores, capped at the largest node's CPUs
+            (:func:`actor_share`). Each actor sets ``OMP_NUM_THREADS``
             before ``setup`` and ``torch.set_num_threads`` (once torch is imported) to
             ``max(1, floor(num_cpus_per_actor))``, i.e. ``cores // num_actors`` by default.
         num_gpus_per_actor: Ray GPUs each actor reserves (fractions allowed; Ray then sets
@@ -249,18 +278,11 @@ class RayActorExecutor(ActorExecutor):
         self._nodes: dict[int, str] = {}  # actor index -> the id of the node it runs on
         self._setup, self._setup_payload = setup, dict(setup_payload or {})
         self._ray, self._started = start_ray(address, runtime_env)
-        resources = self._ray.cluster_resources()
-        cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
-        self.num_cpus_per_actor = (
-            cpus / num_actors if num_cpus_per_actor is None else float(num_cpus_per_actor)
+        nodes = self._ray.nodes()
+        self.num_cpus_per_actor, self.num_gpus_per_actor = actor_share(
+            nodes, num_actors, num_cpus_per_actor, num_gpus_per_actor
         )
-        self.num_gpus_per_actor = float(num_gpus_per_actor)
-        if num_actors * self.num_cpus_per_actor > cpus + 1e-9 or num_gpus_per_actor > gpus:
-            raise ConfigError(
-                f"executor: {num_actors} actors with {self.num_cpus_per_actor:g} CPU and "
-                f"{num_gpus_per_actor:g} GPU each do not fit the Ray cluster ({cpus:g} CPUs, "
-                f"{gpus:g} GPUs); lower num_actors or the per-actor resources"
-            )
+        gpus = live_resources(nodes)[1]
         self.gpu_ids = list(gpu_ids) if gpu_ids and gpus > 0 else None
         if gpu_ids and gpus == 0:
             logger.warning("gpu_ids %s ignored: the Ray cluster has no GPU", list(gpu_ids))

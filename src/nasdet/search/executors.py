@@ -269,6 +269,21 @@ def start_ray(address: str | None, runtime_env: dict[str, Any] | None) -> tuple[
     return ray, True
 
 
+def live_resources(nodes: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """The CPUs and GPUs of the live nodes in ``nodes`` (``ray.nodes()``), and the most CPUs
+    one live node has: ``(cpus, gpus, largest)``.
+
+    ``ray.cluster_resources()`` can still count a node that just died (or list it alive until
+    Ray's health check notices), so a per-actor share computed from it alone may exceed what
+    any remaining node holds; callers cap a share at ``largest``.
+    """
+    alive = [n.get("Resources") or {} for n in nodes if n.get("Alive")]
+    cpus = sum(float(r.get("CPU", 0)) for r in alive)
+    gpus = sum(float(r.get("GPU", 0)) for r in alive)
+    largest = max((float(r.get("CPU", 0)) for r in alive), default=0.0)
+    return cpus, gpus, largest
+
+
 def _needs_token(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or an exception it was raised from) is Ray refusing a missing token."""
     while exc is not None:
@@ -338,9 +353,8 @@ class RayExecutor(Executor):
         )
 
     def _default_max_workers(self) -> int:
-        resources = self._ray.cluster_resources()
+        cpus, gpus, _ = live_resources(self._ray.nodes())
         if self.num_gpus_per_task > 0:
-            gpus = float(resources.get("GPU", 0))
             if gpus < self.num_gpus_per_task:
                 raise ConfigError(
                     f"executor: num_gpus_per_task is {self.num_gpus_per_task:g} but the Ray "
@@ -348,7 +362,7 @@ class RayExecutor(Executor):
                     "wait for GPUs an autoscaler adds"
                 )
             return max(1, int(gpus // self.num_gpus_per_task))
-        cpus = float(resources.get("CPU", 1))
+        cpus = max(cpus, 1.0)
         if self.num_cpus_per_task == 0:
             return max(1, int(cpus))
         return max(1, int(cpus // self.num_cpus_per_task))
