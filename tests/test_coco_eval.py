@@ -274,8 +274,10 @@ def test_detections_to_coco_maps_labels_and_boxes() -> None:
     assert background == [
         {"image_id": 7, "category_id": 5, "bbox": [0.0, 0.0, 1.5, 2.5], "score": 0.25}
     ]
-    with pytest.raises(DataError, match="2 outputs but 1 image ids"):
+    with pytest.raises(DataError, match="^detections_to_coco: 2 outputs but 1 image ids"):
         detections_to_coco(outputs, [1], [5, 90])
+    with pytest.raises(DataError, match="^detections_to_array: image 1 has label 3, outside"):
+        detections_to_array([dict(outputs[0], labels=torch.tensor([3, 1]))], [1], [5, 90])
 
 
 def test_detections_to_coco_round_trip_is_perfect() -> None:

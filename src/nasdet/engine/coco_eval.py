@@ -435,9 +435,19 @@ def detections_to_array(
         DataError: a label outside ``0..len(cat_ids)`` (the model's ``num_classes`` does not
             match the dataset), or ``outputs`` and ``image_ids`` of different lengths.
     """
+    return _to_array(outputs, image_ids, cat_ids, "detections_to_array")
+
+
+def _to_array(
+    outputs: Sequence[Mapping[str, torch.Tensor]],
+    image_ids: Sequence[int],
+    cat_ids: Sequence[int],
+    caller: str,
+) -> np.ndarray:
+    """:func:`detections_to_array`; its errors begin with ``caller``, the function called."""
     if len(outputs) != len(image_ids):
         raise DataError(
-            f"detections_to_coco: {len(outputs)} outputs but {len(image_ids)} "
+            f"{caller}: {len(outputs)} outputs but {len(image_ids)} "
             "image ids; pass one image id per output"
         )
     num_labels = len(cat_ids)
@@ -449,7 +459,7 @@ def detections_to_array(
         labels = torch.as_tensor(output["labels"]).detach().to("cpu", torch.int64).reshape(-1)
         if not len(boxes) == len(scores) == len(labels):
             raise DataError(
-                f"detections_to_coco: image {image_id} has {len(boxes)} boxes, "
+                f"{caller}: image {image_id} has {len(boxes)} boxes, "
                 f"{len(scores)} scores and {len(labels)} labels; they must match"
             )
         keep = labels != 0
@@ -457,7 +467,7 @@ def detections_to_array(
         if len(labels) and (int(labels.min()) < 1 or int(labels.max()) > num_labels):
             bad = labels[(labels < 1) | (labels > num_labels)][0]
             raise DataError(
-                f"detections_to_coco: image {image_id} has label {int(bad)}, outside "
+                f"{caller}: image {image_id} has label {int(bad)}, outside "
                 f"1..{num_labels}; the model's num_classes must be len(cat_ids) + 1"
             )
         boxes[:, 2:] -= boxes[:, :2]
@@ -475,4 +485,4 @@ def detections_to_coco(
     :func:`detections_to_array` (same arguments and errors) as
     ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` dicts with unrounded float
     coordinates in pixels."""
-    return _rows_to_dicts(detections_to_array(outputs, image_ids, cat_ids))
+    return _rows_to_dicts(_to_array(outputs, image_ids, cat_ids, "detections_to_coco"))
