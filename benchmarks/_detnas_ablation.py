@@ -73,9 +73,12 @@ def variant_config(cfg: Any, variant: Variant) -> Any:
     return type(cfg).model_validate(raw)
 
 
-def supernet(cfg: Any, variant: Variant, runs: Path, pipeline_run: Path) -> tuple[Path, float]:
-    """The variant's trained supernet (trained here unless done) and its training minutes. The
-    uniform variant reuses the ``pipeline`` part's supernet when that run has the same config."""
+def supernet(
+    cfg: Any, variant: Variant, runs: Path, pipeline_run: Path
+) -> tuple[Path, tuple[float, int | None]]:
+    """The variant's trained supernet (trained here unless done) and its training minutes with
+    the torch threads it trained with (NaN, None: not trained here). The uniform variant reuses
+    the ``pipeline`` part's supernet when that run has the same config."""
     if variant.reuse is not None:
         return supernet(cfg, _by_name(variant.reuse), runs, pipeline_run)
     vcfg = variant_config(cfg, variant)
@@ -84,16 +87,21 @@ def supernet(cfg: Any, variant: Variant, runs: Path, pipeline_run: Path) -> tupl
         stored = load_run_config(pipeline_run / "config.yaml").model_dump(mode="json")
         mine = cfg.model_dump(mode="json")
         if {**stored, "pipeline": None} == {**mine, "pipeline": None}:
-            return same, float("nan")
+            return same, (float("nan"), None)
     out = runs / "detnas_ablation" / variant.name
     timing = out / "train_time.json"
     start = time.perf_counter()
     run_pipeline(vcfg, out)
     if not timing.is_file():
-        timing.write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60}))
-    return out / "output" / "supernet_train" / "supernet.pth", json.loads(timing.read_text())[
-        "minutes"
-    ]
+        import torch
+
+        minutes = (time.perf_counter() - start) / 60
+        timing.write_text(json.dumps({"minutes": minutes, "threads": torch.get_num_threads()}))
+    took = json.loads(timing.read_text())
+    return out / "output" / "supernet_train" / "supernet.pth", (
+        took["minutes"],
+        took.get("threads"),
+    )
 
 
 def _by_name(name: str) -> Variant:
@@ -147,23 +155,36 @@ def run_ablation(
     """Train, score and rank every variant named; one row per variant."""
     rows = []
     for variant in (_by_name(n) for n in names):
-        path, minutes = supernet(cfg, variant, runs, pipeline_run)
+        path, (minutes, threads) = supernet(cfg, variant, runs, pipeline_run)
         est = estimates(cfg, variant, path, codes, runs / "detnas_ablation" / variant.name)
         xs = [est[str(c)] for c in codes]
         ys = [standalone_map[str(c)] for c in codes]
         rows.append({"variant": variant.name, "text": variant.text, "reuse": variant.reuse,
-                     "minutes": minutes, "tau": tau(xs, ys), "estimates": est})  # fmt: skip
+                     "minutes": minutes, "threads": threads, "tau": tau(xs, ys),
+                     "estimates": est})  # fmt: skip
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], n_codes: int, seeds: list[int], epochs: int) -> str:
-    """The ablation table."""
+def markdown(
+    rows: list[dict[str, Any]],
+    n_codes: int,
+    seeds: list[int],
+    epochs: int,
+    seed_tau: float | None = None,
+) -> str:
+    """The ablation table; ``seed_tau``: the stand-alone seeds' tau against each other."""
+    noise = (
+        f" The reference's own noise: the first two seeds rank the same nets at tau "
+        f"{seed_tau:.2f} against each other."
+        if seed_tau is not None
+        else ""
+    )
     lines = [
         f"**Ranking ablation**: Kendall tau between the supernet-estimated mAP and the stand-alone "
         f"mAP ({epochs} epochs from scratch, mean of seeds {', '.join(map(str, seeds))}) over "
-        f"{n_codes} architectures.",
+        f"{n_codes} architectures.{noise}",
         "",
-        "| variant | what changes | supernet training (min) | Kendall tau |",
+        "| variant | what changes | supernet training (min, torch threads) | Kendall tau |",
         "|---|---|---:|---:|",
     ]
     for r in rows:
@@ -172,7 +193,9 @@ def markdown(rows: list[dict[str, Any]], n_codes: int, seeds: list[int], epochs:
         elif r["minutes"] != r["minutes"]:
             minutes = "(the pipeline's supernet)"
         else:
-            minutes = f"{r['minutes']:.1f}"
+            threads = r.get("threads")
+            minutes = f"{r['minutes']:.1f}" + (f" ({threads} thread{'s' * (threads != 1)})"
+                                               if threads else "")  # fmt: skip
         tau = "n/a (ties)" if r["tau"] != r["tau"] else f"{r['tau']:.2f}"
         lines.append(f"| `{r['variant']}` | {r['text']} | {minutes} | {tau} |")
     return "\n".join(lines)

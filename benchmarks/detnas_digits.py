@@ -157,6 +157,14 @@ def overhead(cfg, supernet_path: Path) -> tuple[float, float]:
     return a, b
 
 
+def seeds_tau(trained: dict, codes, tau) -> float | None:
+    """The reference's own noise: Kendall tau of the first two stand-alone seeds' mAP against
+    each other over ``codes`` (None: fewer than two seeds)."""
+    if not codes or any(len(trained[str(c)]["per_seed"]) < 2 for c in codes):
+        return None
+    return tau(*([trained[str(c)]["per_seed"][i] for c in codes] for i in (0, 1)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "detnas_digits.yaml")
@@ -197,9 +205,11 @@ def main() -> None:
             raise SystemExit("ablation: no stand-alone results yet — run --parts standalone")
         rows = run_ablation(cfg, ranked, {k: v["metrics"]["mAP"] for k, v in trained.items()},
                             args.runs, out, names_of(args.variants), tau_of)  # fmt: skip
-        text = ablation_markdown(rows, len(ranked), seeds, args.epochs) + (
+        seed_tau = seeds_tau(trained, ranked, tau_of)
+        variants = "" if args.variants == "all" else f" --variants {args.variants}"
+        text = ablation_markdown(rows, len(ranked), seeds, args.epochs, seed_tau) + (
             f"\n\nCommand: `python benchmarks/detnas_digits.py --parts ablation --epochs "
-            f"{args.epochs} --seeds {args.seeds}`  \nMachine: {machine_line()}"
+            f"{args.epochs} --seeds {args.seeds}{variants}`  \nMachine: {machine_line()}"
         )
         print(text)
         if args.ablation_out:
@@ -230,9 +240,7 @@ def main() -> None:
     ys = [trained[str(c)]["metrics"]["mAP"] for c in codes]
     tau = tau_of(xs, ys)
     # the reference's own noise: how the stand-alone seeds rank the same nets against each other
-    seed_tau = (tau_of([trained[str(c)]["per_seed"][0] for c in codes],
-                       [trained[str(c)]["per_seed"][1] for c in codes])
-                if len(seeds) >= 2 else None)  # fmt: skip
+    seed_tau = seeds_tau(trained, codes, tau_of)
     if codes:
         _plot(xs, ys, tau, ROOT / "docs" / "benchmarks" / "detnas_ranking.png")
 
