@@ -196,7 +196,10 @@ def markdown(
             threads = r.get("threads")
             minutes = f"{r['minutes']:.1f}" + (f" ({threads} thread{'s' * (threads != 1)})"
                                                if threads else "")  # fmt: skip
-        tau = "n/a (ties)" if r["tau"] != r["tau"] else f"{r['tau']:.2f}"
+        tau = f"{r['tau']:.2f}"
+        if r["tau"] != r["tau"]:  # NaN: no order to compare
+            same = set(r["estimates"].values())
+            tau = f"n/a (every estimate {same.pop():.3f})" if len(same) == 1 else "n/a (ties)"
         lines.append(f"| `{r['variant']}` | {r['text']} | {minutes} | {tau} |")
     return "\n".join(lines)
 

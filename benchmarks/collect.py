@@ -24,6 +24,7 @@ SECTIONS = [
     ("SP-NAS on the bundled digits", "spnas.md"),
     ("make demo (the SP-NAS preset)", "demo.md"),
     ("DetNAS on the bundled digits", "detnas.md"),
+    ("DetNAS ranking ablation", "detnas_ablation.md"),
     ("OFA on the bundled digits", "ofa.md"),
     ("Latency-constrained search (ENOT's flow) on the bundled digits", "latency.md"),
     ("GPU: training throughput, FLOP/s, latency and scoring on one device", "gpu.md"),
@@ -31,7 +32,8 @@ SECTIONS = [
 HEADER = """# Benchmarks
 
 Every table below was produced by the command under it, on the machine it names; `make bench`
-reruns them all but the `make demo` timing and the GPU section (about 4 hours on 2 cores);
+(about 4 hours on 2 cores) reruns them all but the `make demo` timing, the DetNAS ranking
+ablation (its own command, about 2 hours) and the GPU section;
 `make bench-gpu` reruns the GPU section on a machine with one CUDA device. Targets are stated with
 each table. Nothing here is a unit test: speed and quality targets are measured here, not
 asserted in `tests/`. The text after each section's Command/Machine lines is a hand-written
