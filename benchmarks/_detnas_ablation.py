@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nasdet.methods import load_run_config
 from nasdet.methods.detnas.scoring import score_subnet
 from nasdet.methods.detnas.space import ShuffleNetCode
@@ -93,8 +95,6 @@ def supernet(
     start = time.perf_counter()
     run_pipeline(vcfg, out)
     if not timing.is_file():
-        import torch
-
         minutes = (time.perf_counter() - start) / 60
         timing.write_text(json.dumps({"minutes": minutes, "threads": torch.get_num_threads()}))
     took = json.loads(timing.read_text())
