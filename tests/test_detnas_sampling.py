@@ -131,7 +131,9 @@ def test_sandwich_trains_the_flops_extremes_first_and_distills(setting) -> None:
     losses = list(hook(model, images, targets, 0))
     assert seen[:2] == [largest, smallest] and len(seen) == 3
     assert "loss_kd" not in losses[0]
-    assert all("loss_kd" in x and float(x["loss_kd"].detach()) > 0 for x in losses[1:])
+    # RetinaNet's head starts almost constant (std 0.01): its KD is ~1e-8 here, not below 0
+    assert all("loss_kd" in x and x["loss_kd"].requires_grad for x in losses[1:])
+    assert all(float(x["loss_kd"].detach()) > -1e-6 for x in losses[1:])
     assert set(losses[1]) == set(losses[0]) | {"loss_kd"}
     plain = sampling_hook(body, "sandwich", image_size=96, seed=0, num_random=0)
     assert all("loss_kd" not in x for x in plain(model, images, targets, 0))

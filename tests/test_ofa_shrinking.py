@@ -413,7 +413,12 @@ def test_distill_loss_sigmoid_and_shapes() -> None:
     entropy = -(p * p.log()).sum(-1).mean()
     box = F.smooth_l1_loss(s["bbox_regression"], t["bbox_regression"], reduction="none")
     expected = ce - entropy + box.sum(-1).mean()
-    torch.testing.assert_close(distill_loss(s, t, "softmax"), expected)
+    torch.testing.assert_close(distill_loss(s, t, "softmax", "all"), expected)
+    # foreground (the default): the box term averaged over anchors weighted by the teacher's
+    # foreground probability (1 - its class-0 probability)
+    fg = 1 - p[..., 0]
+    expected_fg = ce - entropy + (fg * box.sum(-1)).sum() / fg.sum()
+    torch.testing.assert_close(distill_loss(s, t, "softmax"), expected_fg)
     # sigmoid: the binary KL per class, whose gradient is sigmoid(student) - sigmoid(teacher)
     logits = s["cls_logits"].clone().requires_grad_()
     zero_box = {"bbox_regression": t["bbox_regression"]}
@@ -423,6 +428,35 @@ def test_distill_loss_sigmoid_and_shapes() -> None:
     torch.testing.assert_close(grad * 10, torch.sigmoid(logits) - torch.sigmoid(t["cls_logits"]))
     with pytest.raises(ValueError, match="differ in shape"):
         distill_loss({k: v[:, :3] for k, v in s.items()}, t, "softmax")
+    with pytest.raises(ValueError, match="boxes must be"):
+        distill_loss(s, t, "softmax", "background")  # type: ignore[arg-type]
+
+
+def test_distill_boxes_weighted_by_the_teachers_foreground() -> None:
+    # sigmoid: an anchor's weight is the teacher's highest class probability
+    cls = torch.tensor([[[9.0, -9.0], [-9.0, -9.0]]])  # anchor 0 foreground, anchor 1 not
+    t = {"cls_logits": cls, "bbox_regression": torch.ones(1, 2, 4)}
+    s = {"cls_logits": cls, "bbox_regression": torch.ones(1, 2, 4)}
+    s["bbox_regression"][0, 1] = 3.0  # wrong on the background anchor only: almost free
+    assert float(distill_loss(s, t, "sigmoid")) < 1e-3
+    assert float(distill_loss(s, t, "sigmoid", "all")) == pytest.approx(4 * 1.5 / 2)
+    s["bbox_regression"][0, 0] = 3.0  # wrong on the foreground anchor: the full smooth L1
+    w = torch.sigmoid(torch.tensor([9.0, -9.0]))
+    expected = float((w * 4 * 1.5).sum() / w.sum())
+    assert float(distill_loss(s, t, "sigmoid")) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("boxes", ["foreground", "all"])
+def test_distill_never_pushes_a_relu_box_output_below_a_teacher_zero(boxes: str) -> None:
+    """FCOS's box output is ReLU'd: where the teacher's is 0 the student gets no box gradient
+    (a one-sided push down killed every FCOS box output in DetNAS's sandwich training)."""
+    pre = torch.tensor([[[0.5, 2.0, 1.0, 1.0]]], requires_grad=True)
+    teacher = {"cls_logits": torch.zeros(1, 1, 3), "bbox_regression": torch.tensor(
+        [[[0.0, 1.0, 0.0, 1.0]]])}  # fmt: skip
+    student = {"cls_logits": torch.zeros(1, 1, 3), "bbox_regression": F.relu(pre)}
+    (grad,) = torch.autograd.grad(distill_loss(student, teacher, "sigmoid", boxes), pre)
+    assert grad[0, 0, 0] == 0 and grad[0, 0, 2] == 0  # teacher 0: no target
+    assert grad[0, 0, 1] > 0 and grad[0, 0, 3] == 0  # 2 vs 1 pulled down; 1 vs 1 at rest
 
 
 def test_trainer_fit_with_the_hook_reaches_every_parameter(tmp_path: Path) -> None:
