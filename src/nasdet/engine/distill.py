@@ -39,7 +39,7 @@ def distill_loss(
       coordinates; with ``boxes="foreground"`` (the default) averaged over the anchors weighted
       by the teacher's foreground probability (``"softmax"``: 1 minus its class-0 background
       probability, torchvision SSD's convention; ``"sigmoid"``: its highest class probability),
-      with ``"all"`` averaged over all anchors alike (Once-for-All's SSD). A detector trains
+      with ``"all"`` averaged over all anchors alike (the loss before 6b6c284). A detector trains
       its box output on matched (foreground) anchors only, so the teacher's boxes elsewhere
       carry little information. Coordinates the teacher outputs as exactly 0 are left out.
 
@@ -56,10 +56,9 @@ def distill_loss(
     if boxes not in ("foreground", "all"):
         raise ValueError(f"boxes must be 'foreground' or 'all', got {boxes!r}")
     if kind == "softmax":
-        fg = 1 - torch.softmax(t_cls, -1)[..., 0]
-        cls = F.kl_div(
-            F.log_softmax(s_cls, -1), F.log_softmax(t_cls, -1), reduction="sum", log_target=True
-        )
+        t_log = F.log_softmax(t_cls, -1)
+        fg = 1 - t_log[..., 0].exp()
+        cls = F.kl_div(F.log_softmax(s_cls, -1), t_log, reduction="sum", log_target=True)
     elif kind == "sigmoid":  # element by element: no cancellation between two large sums
         q = torch.sigmoid(t_cls)
         fg = q.amax(-1)
