@@ -21,13 +21,18 @@ SEEDS = (0, 1, 2)
 
 
 def run_compare(
-    out: Path, configs: dict[str, dict[str, Any] | Path], seeds=SEEDS, threads: int = 2
+    out: Path,
+    configs: dict[str, dict[str, Any] | Path],
+    seeds=SEEDS,
+    threads: int = 2,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """``nasdet compare`` of the labelled architectures over ``seeds``, in ``out``; its
     ``compare.json``. Each is a train config (``{data, model, train, ...}``; the first one's
-    budget is everyone's) or a model file a run wrote (its architecture, from scratch). A
-    compare with a failed training exits 1: that stops the benchmark with the command's last
-    lines."""
+    budget is everyone's) or a model file a run wrote (its architecture, from scratch). With
+    ``workers`` > 1 the trainings run that many at once on a local Ray instance
+    (``--executor ray``: each worker reserves one CPU and trains with one thread). A compare
+    with a failed training exits 1: that stops the benchmark with the command's last lines."""
     out.mkdir(parents=True, exist_ok=True)
     args = []
     for label, config in configs.items():
@@ -39,6 +44,8 @@ def run_compare(
         args.append(f"{label}={path}")
     cmd = [sys.executable, "-m", "nasdet", "compare", *args, "--out", str(out / "compare"),
            "--seeds", ",".join(str(s) for s in seeds)]  # fmt: skip
+    if workers > 1:
+        cmd += ["--executor", "ray", "--workers", str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = out / "compare.log"
     with log.open("a") as f:

@@ -246,3 +246,48 @@ def test_a_failed_training_exits_1_without_verdict(
     summary = json.loads((out / "compare.json").read_text())
     assert summary["pairs"] == [] and not summary["complete"]
     assert summary["failed"][0]["label"] == "b" and "GroupNorm" in summary["failed"][0]["error"]
+
+
+# -- on Ray workers ----------------------------------------------------------------------------
+
+
+def test_ray_workers_train_at_once_and_failures_are_recorded(
+    ray_local: object, tmp_path: Path, digits_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two Ray workers: two trainings run at the same time (the second is claimed before the
+    first is committed), the driver alone commits each result, and a training that fails on a
+    worker is that record's failure with the worker's error: exit 1, no verdict."""
+    a, b = _configs(tmp_path, digits_root)
+    raw = yaml.safe_load(b.read_text())
+    raw["model"]["fpn_channels"] = 16  # GroupNorm(32) refuses it on the worker
+    _write(b, raw)
+    out = tmp_path / "out"
+    argv = ["-q", "compare", str(a), str(b), "--seeds", "0,1", "--out", str(out),
+            "--executor", "ray", "--workers", "2"]  # fmt: skip
+    assert main(argv) == 1
+    assert "2 training(s) failed (b seed 0, b seed 1); no verdict" in capsys.readouterr().err
+    with RecordStore(out / RECORDS_FILENAME) as store:
+        recs = {r.genotype: r for r in store.records(STEP)}
+    assert {k: r.status for k, r in recs.items()} == {
+        "a seed=0": "done", "a seed=1": "done", "b seed=0": "failed", "b seed=1": "failed"
+    }  # fmt: skip
+    assert "GroupNorm" in recs["b seed=0"].error and "Traceback" in recs["b seed=0"].extra[
+        "traceback"]  # fmt: skip
+    first, second = sorted((recs["a seed=0"], recs["a seed=1"]), key=lambda r: r.started_at)
+    assert second.started_at < first.finished_at  # both were in flight at once
+    for seed in (0, 1):
+        assert Path(recs[f"a seed={seed}"].weights_path).is_file()
+        assert recs[f"a seed={seed}"].metrics["mAP"] >= 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["pairs"] == [] and [f["label"] for f in summary["failed"]] == ["b", "b"]
+
+
+def test_executor_flags_without_ray_are_refused(
+    tmp_path: Path, digits_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a, b = _configs(tmp_path, digits_root)
+    out = tmp_path / "out"
+    assert main(["-q", "compare", str(a), str(b), "--out", str(out), "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--workers, --address and --gpus-per-worker need --executor ray" in err
+    assert "\n" not in err and not out.exists()

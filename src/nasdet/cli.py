@@ -246,6 +246,23 @@ def _parser() -> argparse.ArgumentParser:
     seeds.add_argument("--num-seeds", type=int, metavar="K", help="seeds 0..K-1")
     cp.add_argument("--latency", action="store_true", help="also measure CPU latency (ms)")
     cp.add_argument("--threads", type=int, help="threads for --latency (default: torch's)")
+    cp.add_argument(
+        "--executor",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="inprocess: one training after another here (default); ray: on Ray workers",
+    )
+    cp.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="trainings at once with --executor ray (default: Ray's CPUs, or GPUs with "
+        "--gpus-per-worker)",
+    )
+    cp.add_argument("--address", help="Ray cluster address (default: a local instance)")
+    cp.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray worker reserves"
+    )
     cp.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("data", help="make or check datasets")
@@ -576,19 +593,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from nasdet.compare.inputs import make_plan, parse_seeds
     from nasdet.compare.report import architecture_table, cell_text, pairs_table
     from nasdet.compare.run import RESULT_FILENAME, run_compare
+    from nasdet.errors import ConfigError
+    from nasdet.search.executors import ExecutorSettings
 
+    if args.executor == "inprocess" and (
+        args.workers is not None or args.address is not None or args.gpus_per_worker
+    ):
+        raise ConfigError("--workers, --address and --gpus-per-worker need --executor ray")
+    if (args.workers is not None and args.workers < 1) or args.gpus_per_worker < 0:
+        raise ConfigError("--workers must be >= 1 and --gpus-per-worker >= 0")
     plan = make_plan(args.archs, parse_seeds(args.seeds, args.num_seeds), args.budget)
     for arch in plan.architectures:
         if arch.overridden:
             print(f"{arch.label}: the budget ({plan.budget_source}) replaced "
                   f"{', '.join(arch.overridden)}")  # fmt: skip
-    result = run_compare(
-        plan,
-        args.out,
-        latency=args.latency,
-        threads=args.threads,
-        progress=lambda line: print(line, file=sys.stderr),
+    settings = ExecutorSettings(
+        executor=args.executor,
+        address=args.address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
     )
+    with settings.make_executor() as executor:
+        result = run_compare(
+            plan,
+            args.out,
+            executor=executor,
+            latency=args.latency,
+            threads=args.threads,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
     tty = sys.stdout.isatty()
     for table in (architecture_table(result.summary), pairs_table(result.summary)):
         rows = [[cell_text(v) for v in row] for row in table.rows]

@@ -30,6 +30,7 @@ __all__ = [
     "make_plan",
     "parse_arch_arg",
     "parse_seeds",
+    "train_config",
 ]
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -83,6 +84,11 @@ class ComparePlan:
             "budget": budget_view(self.budget.model_dump(mode="json")),
             "architectures": {a.label: {"model": a.model} for a in self.architectures},
         }
+
+
+def train_config(raw: dict[str, Any]) -> Any:
+    """A train config again from its plain data (what a worker receives)."""
+    return TrainConfig.model_validate(raw)
 
 
 def budget_view(config: dict[str, Any]) -> dict[str, Any]:

@@ -6,13 +6,18 @@ architectures, seeds or budget is refused with one line), ``records.sqlite`` (on
 (architecture, seed) in step ``compare``, committed after each training, so a killed compare
 resumes where it stopped and a finished one trains nothing again), ``runs/<label>/seed<k>/`` (each
 training's files, as ``nasdet train`` writes them), ``compare.json`` and ``report.html``.
+
+The trainings are independent, so an :class:`~nasdet.search.executors.Executor` runs them: one
+after another here (the default), or several at once on Ray workers (``nasdet compare --executor
+ray --workers N``). Only this process writes the record store; a worker trains and returns its
+metrics, and each result is committed as it arrives.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +25,23 @@ from typing import Any
 import yaml
 
 from nasdet.atomic import write_json_atomic, write_text_atomic
-from nasdet.compare.inputs import Architecture, ComparePlan
+from nasdet.compare.inputs import Architecture, ComparePlan, train_config
 from nasdet.compare.summary import summarize
 from nasdet.engine.train import CHECKPOINT
 from nasdet.errors import ConfigError, WorkFailed
 from nasdet.pipeline import VOLATILE_KEYS, changed_keys
-from nasdet.search.records import RECORDS_FILENAME, Record, RecordStore
+from nasdet.search.executors import Executor, InProcessExecutor, Outcome, Task, error_line
+from nasdet.search.records import RECORDS_FILENAME, RecordStore
 from nasdet.training import train_step
 
-__all__ = ["INPUTS_FILENAME", "RESULT_FILENAME", "STEP", "CompareResult", "run_compare"]
+__all__ = [
+    "INPUTS_FILENAME",
+    "RESULT_FILENAME",
+    "STEP",
+    "CompareResult",
+    "run_compare",
+    "train_task",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +89,18 @@ def run_compare(
     plan: ComparePlan,
     out: str | Path,
     *,
+    executor: Executor | None = None,
     latency: bool = False,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompareResult:
     """Train what is not done yet, then write ``compare.json`` and ``report.html``.
 
-    ``latency``: also time each architecture on the CPU (median ms per image, ``threads``
-    intra-op threads). ``progress`` receives one line per training started or skipped.
+    ``executor``: runs the trainings (default: one after another in this process; a
+    :class:`~nasdet.search.executors.RayExecutor` runs ``max_workers`` at once; the caller
+    closes it). ``latency``: also time each architecture on the CPU (median ms per image,
+    ``threads`` intra-op threads).
+    ``progress`` receives one line per training started, skipped or finished.
 
     Raises:
         ConfigError: the inputs differ from those ``out`` was started with.
@@ -98,7 +115,8 @@ def run_compare(
     store.reset_failed(STEP)  # a rerun tries the failed ones again
     say = progress or log.info
     total = len(plan.architectures) * len(plan.seeds)
-    trained, i = 0, 0
+    todo: list[tuple[int, Architecture, int, int]] = []  # (position, arch, seed, record id)
+    i = 0
     for arch in plan.architectures:
         for seed in plan.seeds:
             i += 1
@@ -111,9 +129,13 @@ def run_compare(
             if rec.status == "done":
                 say(f"[{i}/{total}] {arch.label} seed {seed}: done before, skipped")
                 continue
-            say(f"[{i}/{total}] training {arch.label} seed {seed}")
-            _train(plan, arch, seed, rec, store, out)
-            trained += 1
+            todo.append((i, arch, seed, rec.id))
+    names = {rid: (arch.label, seed) for _, arch, seed, rid in todo}
+    trained = 0
+    ex = executor if executor is not None else InProcessExecutor()  # the caller closes theirs
+    for outcome in ex.run(train_task, _tasks(plan, todo, store, out, total, say)):
+        _commit(store, outcome, *names[outcome.record_id], say)
+        trained += 1
     records = store.records(STEP)
     summary = summarize(plan, records, out, latency=latency, threads=threads)
     json_path = write_json_atomic(out / RESULT_FILENAME, summary)
@@ -122,32 +144,66 @@ def run_compare(
     report = write_compare_report(out, summary)
     failed = summary["failed"]
     if failed:
-        names = ", ".join(f"{f['label']} seed {f['seed']}" for f in failed)
+        names_text = ", ".join(f"{f['label']} seed {f['seed']}" for f in failed)
         raise WorkFailed(
-            f"{len(failed)} training(s) failed ({names}); no verdict — their errors are in "
+            f"{len(failed)} training(s) failed ({names_text}); no verdict — their errors are in "
             f"{out / RESULT_FILENAME} and {store.path}; rerun the same command to retry them"
         )
     return CompareResult(summary, Path(json_path), report, trained)
 
 
-def _train(
-    plan: ComparePlan, arch: Architecture, seed: int, rec: Record, store: RecordStore, out: Path
+def _tasks(
+    plan: ComparePlan,
+    todo: list[tuple[int, Architecture, int, int]],
+    store: RecordStore,
+    out: Path,
+    total: int,
+    say: Callable[[str], None],
+) -> Iterator[Task]:
+    """One task per training still to do, claimed when the executor pulls it (so a record is
+    ``running`` only while a worker has it). A config that cannot be made is that record's
+    failure, here."""
+    for position, arch, seed, rid in todo:
+        store.claim(rid)
+        try:
+            cfg = plan.config_for(arch, seed)
+        except Exception as e:  # noqa: BLE001 - recorded; the others go on
+            store.fail(rid, error_line(e), traceback.format_exc())
+            log.error("%s seed %d failed: %s", arch.label, seed, error_line(e))
+            continue
+        say(f"[{position}/{total}] training {arch.label} seed {seed}")
+        run_dir = out / "runs" / arch.label / f"seed{seed}"
+        yield Task(rid, {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir)})
+
+
+def train_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Where a worker runs: train ``payload["config"]`` into ``payload["run_dir"]`` (from its
+    checkpoint when a killed training left one); its metrics, model file, params and seconds."""
+    cfg = train_config(payload["config"])
+    run_dir = Path(payload["run_dir"])
+    result = train_step(cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
+    return {
+        "metrics": dict(result.metrics),
+        "model": str(result.model_path),
+        "params": float(result.params),
+        "train_seconds": result.train_seconds,
+    }
+
+
+def _commit(
+    store: RecordStore, outcome: Outcome, label: str, seed: int, say: Callable[[str], None]
 ) -> None:
-    """Train ``arch`` at ``seed`` and commit the record (done, or failed with its traceback)."""
-    store.claim(rec.id)
-    run_dir = out / "runs" / arch.label / f"seed{seed}"
-    try:
-        cfg = plan.config_for(arch, seed)
-        result = train_step(cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
-    except Exception as e:  # noqa: BLE001 - a failed training is recorded; the others go on
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        log.error("%s seed %d failed: %s: %s", arch.label, seed, type(e).__name__, line)
-        store.fail(rec.id, f"{type(e).__name__}: {line}", traceback.format_exc())
+    """Commit one training's outcome (done, or failed with its traceback)."""
+    if not outcome.ok:
+        log.error("%s seed %d failed: %s", label, seed, outcome.error)
+        store.fail(outcome.record_id, outcome.error or "failed", outcome.traceback)
         return
+    r = outcome.result
     store.finish(
-        rec.id,
-        result.metrics,
-        weights_path=result.model_path,
-        cost={"params": float(result.params)},
-        extra={"train_seconds": result.train_seconds},
+        outcome.record_id,
+        r["metrics"],
+        weights_path=r["model"],
+        cost={"params": r["params"]},
+        extra={"train_seconds": r["train_seconds"]},
     )
+    say(f"{label} seed {seed}: mAP {r['metrics'].get('mAP', float('nan')):.3f}")
