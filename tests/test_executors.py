@@ -11,7 +11,7 @@ import pytest
 
 from nasdet.errors import ConfigError, NasdetError
 from nasdet.search import RecordStore
-from nasdet.search._selftest import sleep_task
+from nasdet.search._selftest import sleep_task, threads_task
 from nasdet.search.executors import (
     Executor,
     InProcessExecutor,
@@ -21,6 +21,7 @@ from nasdet.search.executors import (
     _needs_token,
     lost_node,
     make_executor,
+    task_threads,
 )
 
 
@@ -141,6 +142,22 @@ def test_ray_two_workers_commit_each_outcome_to_the_store(ray_local: Any, tmp_pa
         (a, b) for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]
     ]
     assert overlapping, f"no two tasks ran at the same time: {spans}"
+
+
+def test_task_threads_are_the_tasks_cpus() -> None:
+    assert task_threads({"CPU": 1.0}) == 1 and task_threads({"CPU": 2.0, "GPU": 1.0}) == 2
+    assert task_threads({"CPU": 0.5}) == 1  # a fraction of a CPU still runs one thread
+    assert task_threads({}) is None and task_threads({"GPU": 1.0}) is None
+
+
+def test_a_ray_task_runs_as_many_threads_as_it_has_cpus(ray_local: Any) -> None:
+    """Workers inherit the driver's OMP_NUM_THREADS (simulated here through the task's
+    runtime_env): a 1-CPU task still runs torch with 1 thread, not 2 on its one CPU."""
+    env = {"env_vars": {"OMP_NUM_THREADS": "2"}}
+    with RayExecutor(max_workers=1, num_cpus_per_task=1, runtime_env=env) as executor:
+        (outcome,) = executor.run(threads_task, [Task(1)])
+    assert outcome.ok, outcome.error
+    assert outcome.result == {"threads": 1, "omp": "2"}
 
 
 def test_ray_worker_crash_is_a_failed_outcome(ray_local: Any) -> None:

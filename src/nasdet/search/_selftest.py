@@ -50,6 +50,13 @@ def sleep_task(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def threads_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Torch's intra-op threads where the task runs, and the ``OMP_NUM_THREADS`` it found."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+
+
 def setup_actor(payload: dict[str, Any]) -> dict[str, Any]:
     """An actor's one-time setup: appends ``"<pid>\\n"`` to the file ``payload["log"]`` (if
     given) and returns the state ``{"pid": pid, "setup_at": unix seconds}``; ``fail``: raise

@@ -191,11 +191,27 @@ class InProcessExecutor(Executor):
 
 def _ray_call(fn: TaskFn, task: Task) -> Outcome:
     """The Ray task: :func:`call_timed` on a worker (module level, so workers import it by name),
-    with the worker's node id."""
+    with the worker's node id. Torch's intra-op threads are the task's CPUs (see
+    :func:`task_threads`)."""
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
-    return dataclasses.replace(call_timed(fn, task, None), node=node)
+    context = ray.get_runtime_context()
+    threads = task_threads(context.get_assigned_resources())
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return dataclasses.replace(call_timed(fn, task, None), node=context.get_node_id())
+
+
+def task_threads(assigned: Mapping[str, float]) -> int | None:
+    """Intra-op threads for a Ray task holding ``assigned`` resources: its CPUs (at least 1), or
+    ``None`` (leave torch's) for a task that reserved none. Ray sets ``OMP_NUM_THREADS`` to a
+    task's CPUs only when the driver's environment does not set it, and workers inherit the
+    driver's: without this, two 1-CPU tasks started from a shell with ``OMP_NUM_THREADS=2``
+    would each run 2 threads on their 1 CPU (measured: several times slower on 2 cores)."""
+    cpus = assigned.get("CPU", 0)
+    return max(1, int(cpus)) if cpus > 0 else None
 
 
 def _import_ray() -> Any:
@@ -364,7 +380,7 @@ class RayExecutor(Executor):
             return max(1, int(gpus // self.num_gpus_per_task))
         cpus = max(cpus, 1.0)
         if self.num_cpus_per_task == 0:
-            return max(1, int(cpus))
+            return int(cpus)
         return max(1, int(cpus // self.num_cpus_per_task))
 
     def run(self, fn: TaskFn, tasks: Iterable[Task]) -> Iterator[Outcome]:
