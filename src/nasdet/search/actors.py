@@ -174,6 +174,12 @@ def _picklable(exc: BaseException) -> BaseException | None:
     return exc
 
 
+def _unreachable(ray: Any) -> type[BaseException] | tuple[()]:
+    """Ray's error for an actor that cannot be reached for now (Ray >= 2.30; ``()`` before:
+    ``isinstance`` with it is always false)."""
+    return getattr(ray.exceptions, "ActorUnavailableError", ())
+
+
 def actor_share(
     nodes: list[dict[str, Any]],
     num_actors: int,
@@ -430,8 +436,7 @@ class RayActorExecutor(ActorExecutor):
             died = isinstance(exc, ray.exceptions.RayActorError)  # the actor is replaced
             failed = Outcome(task.record_id, False, {}, error_line(exc), str(exc), i)
             node = lost_node(ray, exc)
-            unreachable = getattr(ray.exceptions, "ActorUnavailableError", ())  # Ray >= 2.30
-            if node is None and isinstance(exc, unreachable):
+            if node is None and isinstance(exc, _unreachable(ray)):
                 node = self._dead_node(i)
             return failed, died, node
 
@@ -443,7 +448,7 @@ class RayActorExecutor(ActorExecutor):
         if node is None:
             return None
         logger.info("actor %d became unreachable: waiting for Ray to tell whether its node died", i)
-        unreachable = getattr(ray.exceptions, "ActorUnavailableError", ())
+        unreachable = _unreachable(ray)
         deadline = time.monotonic() + self.node_timeout
         while time.monotonic() < deadline:
             info = next((n for n in ray.nodes() if n.get("NodeID") == node), None)
