@@ -10,7 +10,7 @@ With ``--compare`` both architectures are also trained from scratch with that bu
 0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired t-test, verdict), two trainings at a time on
 local Ray workers (``--workers``), which the markdown then shows below the one-seed table; the
 one-seed row of the start is then the compare's run at the config's seed (the same training),
-not a second one. About 2 h on 2 CPU cores.
+not a second one. About 80 min on 2 CPU cores (search 16 min, compare 63 min).
 
 The search's wall time is kept in ``<runs>/spnas_digits.timing.json`` when the search ran in one
 go, so a rerun (which finds the search done) still reports it.
@@ -158,8 +158,8 @@ def main() -> None:
             *rows,
             "",
             f"Winner's lineage (step:genotype(epochs)): {' -> '.join(chain)}.  ",
-            f"Search result Pareto-dominates the start architecture at equal budget: "
-            f"**{'yes' if dominates else 'no'}**.",
+            f"One seed, on (mAP, params): the search's result Pareto-dominates the start "
+            f"architecture at equal budget: **{'yes' if dominates else 'no'}**.",
             "",
             f"Command: `python benchmarks/spnas_digits.py{' --compare' if args.compare else ''}`  ",
             f"Machine: {machine_line()}",
