@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py --rounds 5 --out docs/benchmarks/train_throughput.md
 	$(BIN)/python benchmarks/baselines.py --only baseline_digits fcos_r18_20ep fcos_shufflenet \
 		--out docs/benchmarks/baselines.md
-	$(BIN)/python benchmarks/spnas_digits.py --out docs/benchmarks/spnas.md
+	$(BIN)/python benchmarks/spnas_digits.py --compare --out docs/benchmarks/spnas.md
 	$(BIN)/python benchmarks/detnas_digits.py --out docs/benchmarks/detnas.md
 	$(BIN)/python benchmarks/ofa_digits.py --out docs/benchmarks/ofa.md
 	$(BIN)/python benchmarks/latency_digits.py --out docs/benchmarks/latency.md

@@ -32,7 +32,7 @@ SECTIONS = [
 HEADER = """# Benchmarks
 
 Every table below was produced by the command under it, on the machine it names; `make bench`
-(about 4 hours on 2 cores) reruns them all but the `make demo` timing, the DetNAS ranking
+(about 5 hours on 2 cores) reruns them all but the `make demo` timing, the DetNAS ranking
 ablation (its own command, about 2 hours) and the GPU section;
 `make bench-gpu` reruns the GPU section on a machine with one CUDA device. Targets are stated with
 each table. Nothing here is a unit test: speed and quality targets are measured here, not
