@@ -25,7 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-## bench: regenerate docs/benchmarks.md (about 4 hours on 2 cores; run nothing else meanwhile)
+## bench: regenerate docs/benchmarks.md (about 5 hours on 2 cores; run nothing else meanwhile)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/coco_eval_speed.py --out docs/benchmarks/coco_eval.md
 	$(BIN)/python benchmarks/train_throughput.py --rounds 5 --out docs/benchmarks/train_throughput.md
