@@ -464,15 +464,15 @@ def test_ray_actors_set_up_once_score_concurrently_and_commit(
     settings = AsyncEvolutionSettings(
         population_size=4, max_evaluations=8, max_tries=50, score_key="score", seed=0
     )
+    calls = itertools.count()
+
+    def payload(g: Any) -> dict[str, Any]:  # the first task is long, the others short
+        return {"value": toy_value(str(g)), "sleep_s": 3.0 if next(calls) == 0 else 0.2}
+
     with RayActorExecutor(2, setup=setup_actor, setup_payload={"log": str(log)}) as executor:
         assert executor.max_workers == 2 and executor.threads == 1
-        result = search(
-            store,
-            score=actor_task,
-            executor=executor,
-            settings=settings,
-            payload=lambda g: {"value": toy_value(str(g)), "sleep_s": 0.3},
-        )
+        result = search(store, score=actor_task, executor=executor, settings=settings,
+                        payload=payload)  # fmt: skip
     pids = log.read_text().split()
     assert len(pids) == 2 and len(set(pids)) == 2  # one setup per actor, not per task
     recs = store.records(STEP)
@@ -490,7 +490,11 @@ def test_ray_actors_set_up_once_score_concurrently_and_commit(
     assert any(s0 < e1 and s1 < e0 for s0, e0 in spans[0] for s1, e1 in spans[1])
     workers = result.summary["workers"]
     assert sorted(workers) == [0, 1] and sum(w["tasks"] for w in workers.values()) == 8
-    assert all(w["max_gap_s"] < 0.3 for w in workers.values()), workers  # no waiting on another
+    # no waiting on another: while one actor runs the 3 s task, the other runs the short ones one
+    # after another (measured: 7 of the 8 tasks; 5 holds whenever 3 short tasks, each with its
+    # dispatch, take under 3 s); an executor that waited for both actors would give 4 + 4. (A
+    # bound on the gap between tasks, as before, failed a CI run: a 0.34 s gap on 2 busy cores.)
+    assert max(w["tasks"] for w in workers.values()) >= 5, workers
 
 
 def test_ray_dead_actor_is_replaced_and_setup_errors_raise(ray_local: Any, tmp_path: Path) -> None:
