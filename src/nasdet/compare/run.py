@@ -99,8 +99,8 @@ def run_compare(
     ``executor``: runs the trainings (default: one after another in this process; a
     :class:`~nasdet.search.executors.RayExecutor` runs ``max_workers`` at once; the caller
     closes it). ``latency``: also time each architecture on the CPU (median ms per image,
-    ``threads`` intra-op threads).
-    ``progress`` receives one line per training started, skipped or finished.
+    ``threads`` intra-op threads). ``progress`` receives one line per training started,
+    skipped or finished.
 
     Raises:
         ConfigError: the inputs differ from those ``out`` was started with.
@@ -168,8 +168,7 @@ def _tasks(
         try:
             cfg = plan.config_for(arch, seed)
         except Exception as e:  # noqa: BLE001 - recorded; the others go on
-            store.fail(rid, error_line(e), traceback.format_exc())
-            log.error("%s seed %d failed: %s", arch.label, seed, error_line(e))
+            _fail(store, rid, arch.label, seed, error_line(e), traceback.format_exc())
             continue
         say(f"[{position}/{total}] training {arch.label} seed {seed}")
         run_dir = out / "runs" / arch.label / f"seed{seed}"
@@ -195,8 +194,7 @@ def _commit(
 ) -> None:
     """Commit one training's outcome (done, or failed with its traceback)."""
     if not outcome.ok:
-        log.error("%s seed %d failed: %s", label, seed, outcome.error)
-        store.fail(outcome.record_id, outcome.error or "failed", outcome.traceback)
+        _fail(store, outcome.record_id, label, seed, outcome.error or "failed", outcome.traceback)
         return
     r = outcome.result
     store.finish(
@@ -207,3 +205,9 @@ def _commit(
         extra={"train_seconds": r["train_seconds"]},
     )
     say(f"{label} seed {seed}: mAP {r['metrics'].get('mAP', float('nan')):.3f}")
+
+
+def _fail(store: RecordStore, rid: int, label: str, seed: int, error: str, tb: str | None) -> None:
+    """Log and record one training's failure (its one-line error and traceback)."""
+    log.error("%s seed %d failed: %s", label, seed, error)
+    store.fail(rid, error, tb)
