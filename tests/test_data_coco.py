@@ -124,6 +124,19 @@ def test_coco_gt_is_the_json_with_defaults(coco: tuple[Path, Path]) -> None:
     assert len(ds.coco_gt()["annotations"]) == len(ANNOTATIONS)
 
 
+def test_coco_gt_of_some_images(coco: tuple[Path, Path]) -> None:
+    ds = CocoDetectionDataset(*coco, train=False)
+    gt = ds.coco_gt([5, 11])
+    assert [img["id"] for img in gt["images"]] == [11, 5]  # in the JSON's order
+    assert [ann["id"] for ann in gt["annotations"]] == [5]
+    assert gt["annotations"][0]["iscrowd"] == 0 and gt["annotations"][0]["area"] == 200
+    assert gt["categories"] == ds.coco_gt()["categories"]  # every category, for the AP mean
+    gt["images"][0]["width"] = 1
+    assert ds.coco_gt([11])["images"][0]["width"] == 32  # a copy
+    with pytest.raises(ValueError, match="image id 99 is not in"):
+        ds.coco_gt([10, 99])
+
+
 def test_fatal_problem_raises_data_error(tmp_path: Path) -> None:
     data = {"images": IMAGES, "annotations": ANNOTATIONS + [
         {"id": 9, "image_id": 10, "category_id": 99, "bbox": [1, 1, 2, 2]},

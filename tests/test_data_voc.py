@@ -133,6 +133,16 @@ def test_coco_gt_marks_difficult_ignored(voc: Path) -> None:
     assert len(coco.getAnnIds(imgIds=[0])) == 2
 
 
+def test_coco_gt_of_some_images(voc: Path) -> None:
+    ds = VOCDetectionDataset(voc, "train", train=True)
+    gt = ds.coco_gt([2, 1])
+    assert [img["id"] for img in gt["images"]] == [1, 2]
+    assert [(a["id"], a["image_id"], a["category_id"]) for a in gt["annotations"]] == [(1, 2, 15)]
+    assert gt["categories"] == ds.coco_gt()["categories"]
+    with pytest.raises(ValueError, match="image id 3 is not in"):
+        ds.coco_gt([3])
+
+
 def test_zero_area_box_dropped_in_training_with_one_warning(tmp_path: Path, caplog) -> None:
     images = {"a": ("a.jpg", (20, 20), [("cat", 5, 5, 4, 9, 0), ("cat", 2, 2, 8, 8, 0)])}
     root = write_voc(tmp_path, images, {"train": ["a"]})

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from nasdet.data import CocoDetectionDataset, VOCDetectionDataset, eval_transforms
-from nasdet.engine.evaluate import evaluate, subset_indices
+from nasdet.engine.coco_eval import detections_to_array, evaluate_coco
+from nasdet.engine.evaluate import evaluate, predict, subset_indices
 
 
 class Oracle(nn.Module):
@@ -75,6 +76,19 @@ def test_subset_is_scored_on_its_own_images(digits_root: Path) -> None:
     assert subset_indices(Subset(part, [2, 0])) == [7, 5]
     # perfect on the subset's images: the other images' ground truth must not count as missed
     assert evaluate(Oracle(val, [5, 1, 7]), part)["mAP"] == pytest.approx(1.0)
+
+
+def test_subset_stats_equal_the_full_ground_truth_restricted_by_img_ids(digits_root: Path) -> None:
+    """evaluate() hands the evaluator only the subset's ground truth: the stats must be those of
+    the whole set's ground truth with img_ids, for imperfect detections too."""
+    val = _val(digits_root)
+    indices = [9, 2, 4, 0]
+    part = Subset(val, indices)
+    outputs, image_ids = predict(Oracle(val, indices, shift=0.1), part)
+    results = detections_to_array(outputs, image_ids, val.cat_ids)
+    direct = evaluate_coco(val.coco_gt(), results, img_ids=image_ids)
+    assert 0.0 < direct["mAP"] < 1.0
+    assert evaluate(Oracle(val, indices, shift=0.1), part) == direct
 
 
 def test_voc_adds_voc_ap_and_ignores_difficult(tmp_path: Path) -> None:

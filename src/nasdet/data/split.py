@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
-__all__ = ["collate", "split_indices"]
+__all__ = ["collate", "known_image_ids", "split_indices"]
+
+
+def known_image_ids(image_ids: Iterable[int], known: Iterable[int], source: object) -> set[int]:
+    """``image_ids`` as a set; ``ValueError`` naming ``source`` for the first one (in order of
+    id) that is not among ``known``."""
+    keep = set(image_ids)
+    unknown = sorted(keep - set(known))
+    if unknown:
+        raise ValueError(f"image id {unknown[0]} is not in {source}")
+    return keep
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

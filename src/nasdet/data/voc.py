@@ -10,7 +10,7 @@ returned as a bool ``"difficult"`` tensor in evaluation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as F
 
 from nasdet.data._problem import raise_if_fatal, summarize
 from nasdet.data._vocxml import VOC_CLASSES, inspect_voc
+from nasdet.data.split import known_image_ids
 from nasdet.data.transforms import eval_transforms, train_transforms
 
 __all__ = ["VOC_CLASSES", "VOCDetectionDataset"]
@@ -114,16 +115,22 @@ class VOCDetectionDataset(VisionDataset):
         return [(b.copy(), lab.copy(), d.copy())
                 for b, lab, d in zip(self._boxes, self._labels, self._difficult, strict=True)]
 
-    def coco_gt(self) -> dict:
-        """The ground truth as a COCO dict (image id = index, category id = label).
+    def coco_gt(self, image_ids: Iterable[int] | None = None) -> dict:
+        """The ground truth as a COCO dict (image id = index, category id = label); with
+        ``image_ids``, only those images and their annotations (every category kept), as
+        :meth:`CocoDetectionDataset.coco_gt <nasdet.data.CocoDetectionDataset.coco_gt>`.
 
         Difficult objects are marked ``"iscrowd": 1`` (and ``"ignore": 1``): pycocotools and
         faster-coco-eval derive "ignore" from ``iscrowd`` alone, so this is how COCO-style AP
         leaves them out (a detection on one is neither a hit nor a false positive). VOC AP
         (``voc_gt()``) treats them the devkit's way.
         """
+        keep = set(self.image_ids) if image_ids is None else known_image_ids(
+            image_ids, self.image_ids, f"{self.root} ({self.image_set})")
         images, annotations = [], []
         for i, entry in enumerate(self._entries):
+            if i not in keep:
+                continue
             width, height = entry.size or Image.open(entry.image).size
             images.append({"id": i, "file_name": str(entry.image.relative_to(self.root)),
                            "width": width, "height": height})

@@ -104,7 +104,8 @@ def evaluate(
         bn_mode=bn_mode,
     )
     results = detections_to_array(outputs, image_ids, base.cat_ids)  # no dict per detection
-    stats = evaluate_coco(base.coco_gt(), results, backend=backend, img_ids=image_ids)
+    gt = base.coco_gt(image_ids)  # only the scored images: a subset of a large set is cheap
+    stats = evaluate_coco(gt, results, backend=backend, img_ids=image_ids)
     if hasattr(base, "voc_gt"):
         stats.update(_voc_stats(base, dataset, outputs))
     return stats
