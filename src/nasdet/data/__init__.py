@@ -2,7 +2,7 @@
 
 Every dataset follows docs/design.md: ``dataset[i] -> (image, target)`` with labels ``1..K``,
 ``categories`` (names) and ``cat_ids`` (original category ids) attributes, ``image_ids`` and a
-``coco_gt()`` ground-truth dict for evaluators.
+``coco_gt(image_ids=None)`` ground-truth dict for evaluators (of every image, or of some).
 """
 
 from nasdet.data.check import Problem, check_coco, check_voc
