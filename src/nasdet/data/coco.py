@@ -152,4 +152,3 @@ class CocoDetectionDataset(Dataset):
         data["images"] = [img for img in self._data["images"] if img["id"] in keep]
         data["annotations"] = [a for a in self._data["annotations"] if a["image_id"] in keep]
         return copy.deepcopy(data)
-
