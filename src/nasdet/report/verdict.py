@@ -6,7 +6,7 @@ names ``nasdet compare``, which trains both over several seeds and tests the dif
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = ["verdict"]
 
@@ -19,28 +19,42 @@ def verdict(
     base_metrics: Mapping[str, float],
     base_cost: Mapping[str, float],
     metric: str,
-    cost_key: str = "params",
+    cost_keys: Sequence[str] = ("params", "flops"),
 ) -> str:
-    """``the searched net dominates the baseline: mAP 0.52 vs 0.50 (+0.02), params 0.80x (...)``,
-    or the trade-off it is, or that it does NOT beat the baseline."""
-    values = {
-        metric: (metrics.get(metric), base_metrics.get(metric)),
-        cost_key: (cost.get(cost_key), base_cost.get(cost_key)),
-    }
-    missing = [k for k, (a, b) in values.items() if a is None or b is None]
-    if missing:
-        return f"no verdict: {missing[0]} is missing for the winner or the baseline"
+    """``the searched net dominates the baseline: mAP 0.52 vs 0.50 (+0.02), params 0.80x, flops
+    1.00x (...)``, or the trade-off it is, or that it does NOT beat the baseline.
+
+    Every cost of ``cost_keys`` measured for both nets counts: the searched net is cheaper when
+    none of them is larger and one is smaller, and larger when any of them is larger (fewer
+    parameters but more FLOPs is a trade-off, not a win). A cost measured for neither net is
+    left out; one measured for only one of them gives no verdict.
+    """
+    if metrics.get(metric) is None or base_metrics.get(metric) is None:
+        return f"no verdict: {metric} is missing for the winner or the baseline"
+    keys = []
+    for key in cost_keys:
+        a, b = cost.get(key), base_cost.get(key)
+        if a is None and b is None:
+            continue
+        if a is None or b is None:
+            return f"no verdict: {key} is missing for the winner or the baseline"
+        keys.append(key)
+    if not keys:
+        return f"no verdict: no cost ({', '.join(cost_keys)}) was measured for either net"
     m, bm = float(metrics[metric]), float(base_metrics[metric])
-    c, bc = float(cost[cost_key]), float(base_cost[cost_key])
-    ratio = f"{c / bc:.2f}x" if bc else "n/a"
-    facts = f"{metric} {m:.4f} vs {bm:.4f} ({m - bm:+.4f}), {cost_key} {ratio} ({_SEEDS})"
-    if m >= bm and c <= bc and (m > bm or c < bc):
+    pairs = [(float(cost[k]), float(base_cost[k])) for k in keys]
+    ratios = ", ".join(f"{k} {c / bc:.2f}x" if bc else f"{k} n/a"
+                       for k, (c, bc) in zip(keys, pairs, strict=True))  # fmt: skip
+    facts = f"{metric} {m:.4f} vs {bm:.4f} ({m - bm:+.4f}), {ratios} ({_SEEDS})"
+    larger = any(c > bc for c, bc in pairs)
+    cheaper = not larger and any(c < bc for c, bc in pairs)
+    if m >= bm and not larger and (m > bm or cheaper):
         return f"the searched net dominates the baseline: {facts}"
-    if m < bm and c < bc:
+    if m < bm and cheaper:
         return f"trade-off: the searched net is cheaper but less accurate: {facts}"
-    if m > bm and c > bc:
+    if m > bm and larger:
         return f"trade-off: the searched net is more accurate but larger: {facts}"
-    if m == bm and c == bc:
+    if m == bm and not larger:
         why = "equal"
     elif m < bm:
         why = "less accurate and not cheaper"
