@@ -11,7 +11,7 @@ With ``--compare`` both architectures are also trained from scratch with that bu
 0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired t-test, verdict), two trainings at a time on
 local Ray workers (``--workers``), which the markdown then shows below the one-seed table; the
 one-seed row of the start is then the compare's run at the config's seed (the same training),
-not a second one. About 80 min on 2 CPU cores (search 16 min, compare 63 min).
+not a second one. About 75 min on 2 CPU cores (search 11 min, compare about 60 min).
 
 The search's wall time is kept in ``<runs>/spnas_digits.timing.json`` when the search ran in one
 go, so a rerun (which finds the search done) still reports it.
