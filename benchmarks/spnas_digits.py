@@ -137,13 +137,14 @@ def main() -> None:
         and all(w <= s for w, s in costs)
         and (won.metrics["mAP"] > ws.metrics["mAP"] or any(w < s for w, s in costs))
     )
+    code = str(won.genotype).replace("|", r"\|")  # a bare "|" would split the table's cell
     rows = [
         "| model | architecture | params | GMACs | detection epochs | val mAP | val AP50 |",
         "|---|---|---:|---:|---:|---:|---:|",
         f"| start architecture, trained {epochs} epochs | `{base['model']['backbone']['code']}` "
         f"| {ws.params:,} | {ws_cost['macs'] / 1e9:.3f} | {epochs} | {ws.metrics['mAP']:.3f} "
         f"| {ws.metrics['AP50']:.3f} |",
-        f"| SP-NAS winner | `{won.genotype}` | {won.cost['params']:,.0f} "
+        f"| SP-NAS winner | `{code}` | {won.cost['params']:,.0f} "
         f"| {won.cost['macs'] / 1e9:.3f} | {epochs} | {won.metrics['mAP']:.3f} "
         f"| {won.metrics['AP50']:.3f} |",
     ]
