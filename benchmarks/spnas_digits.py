@@ -37,6 +37,7 @@ from nasdet.methods import TrainConfig, load_run_config
 from nasdet.methods.spnas.steps import base_config, start_architecture
 from nasdet.pipeline import run_pipeline
 from nasdet.report import lineage
+from nasdet.report.verdict import dominates
 from nasdet.search.driver import is_root
 from nasdet.search.records import RecordStore
 from nasdet.training import train_step
@@ -132,11 +133,7 @@ def main() -> None:
     ws = one_seed_baseline(summary, base, cfg.seed, args.runs / "spnas_baseline")
     ws_cost = measure_cost(nasdet.load_model(ws.model_path), cfg.model.min_size)
     costs = [(won.cost["params"], ws.params), (won.cost["flops"], ws_cost["flops"])]
-    dominates = (
-        won.metrics["mAP"] >= ws.metrics["mAP"]
-        and all(w <= s for w, s in costs)
-        and (won.metrics["mAP"] > ws.metrics["mAP"] or any(w < s for w, s in costs))
-    )
+    wins = dominates(won.metrics["mAP"], ws.metrics["mAP"], costs)
     code = str(won.genotype).replace("|", r"\|")  # a bare "|" would split the table's cell
     rows = [
         "| model | architecture | params | GMACs | detection epochs | val mAP | val AP50 |",
@@ -162,7 +159,7 @@ def main() -> None:
             "",
             f"Winner's lineage (step:genotype(epochs)): {' -> '.join(chain)}.  ",
             f"One seed, on (mAP, params, FLOPs): the search's result Pareto-dominates the start "
-            f"architecture at equal budget: **{'yes' if dominates else 'no'}**.",
+            f"architecture at equal budget: **{'yes' if wins else 'no'}**.",
             "",
             f"Command: `python benchmarks/spnas_digits.py{' --compare' if args.compare else ''}`  ",
             f"Machine: {machine_line()}",

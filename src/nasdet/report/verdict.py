@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["verdict"]
+__all__ = ["dominates", "verdict"]
 
 _SEEDS = "one seed: `nasdet compare` trains both over several seeds for a verdict with its spread"
+
+
+def dominates(value: float, base_value: float, costs: Sequence[tuple[float, float]]) -> bool:
+    """Pareto dominance of a net over a baseline: its metric ``value`` (higher is better) no
+    lower than ``base_value``, none of its ``costs`` (``(cost, baseline's cost)`` pairs) larger,
+    and the metric or one cost strictly better."""
+    if value < base_value or any(c > bc for c, bc in costs):
+        return False
+    return value > base_value or any(c < bc for c, bc in costs)
 
 
 def verdict(
@@ -46,10 +55,10 @@ def verdict(
     ratios = ", ".join(f"{k} {c / bc:.2f}x" if bc else f"{k} n/a"
                        for k, (c, bc) in zip(keys, pairs, strict=True))  # fmt: skip
     facts = f"{metric} {m:.4f} vs {bm:.4f} ({m - bm:+.4f}), {ratios} ({_SEEDS})"
+    if dominates(m, bm, pairs):
+        return f"the searched net dominates the baseline: {facts}"
     larger = any(c > bc for c, bc in pairs)
     cheaper = not larger and any(c < bc for c, bc in pairs)
-    if m >= bm and not larger and (m > bm or cheaper):
-        return f"the searched net dominates the baseline: {facts}"
     if m < bm and cheaper:
         return f"trade-off: the searched net is cheaper but less accurate: {facts}"
     if m > bm and larger:
