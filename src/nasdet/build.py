@@ -10,7 +10,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Subset
 from nasdet.config import BackboneSpec, CocoData, Config, DataConfig, DigitsData, ModelConfig
 from nasdet.data import (
     VOC_CLASSES,
+    CachedSubset,
     CocoDetectionDataset,
     VOCDetectionDataset,
     eval_transforms,
@@ -188,6 +189,23 @@ def build_datasets(cfg: DataConfig, *, seed: int = 0) -> Datasets:
         train, search = Subset(train, keep), Subset(train_eval, held)
     base = train.dataset if isinstance(train, Subset) else train
     return Datasets(train, val, search, list(base.categories), list(base.cat_ids))
+
+
+def cached_for_scoring(data: Datasets, cfg: Config, *, calibration: bool = True) -> Datasets:
+    """``data`` with the splits a scoring process reads again for every candidate kept in memory
+    (:class:`~nasdet.data.CachedSubset`, ``cfg.eval.cache_mib`` MiB each): the search split and
+    val (evaluation transforms), and with ``calibration`` the training images BN is
+    recalibrated on, only when the training transforms are deterministic (``data.hflip`` 0: a
+    kept image would otherwise freeze one random flip). Items are identical to ``data``'s."""
+    budget = cfg.eval.cache_mib * 2**20
+    if budget == 0:
+        return data
+
+    def keep(split: Dataset | None) -> Dataset | None:
+        return None if split is None else CachedSubset(split, max_bytes=budget)
+
+    train = keep(data.train) if calibration and cfg.data.hflip == 0 else data.train
+    return replace(data, train=train, val=keep(data.val), search=keep(data.search))
 
 
 def ensure_digits(cfg: DigitsData) -> Path:

@@ -423,6 +423,12 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     backend: Literal["faster", "pycocotools"] = "faster"
     batch_size: int = Field(16, ge=1)
+    cache_mib: int = Field(
+        512,
+        ge=0,
+        description="a search's scoring process keeps up to this many MiB of decoded images in "
+        "memory per split it reads for every candidate (search / val, BN calibration); 0: none",
+    )
 
 
 class Config(Strict, Generic[B, N]):

@@ -44,6 +44,7 @@ VOLATILE_KEYS = (
     "train.device",
     "eval.batch_size",
     "eval.backend",
+    "eval.cache_mib",
 )
 
 

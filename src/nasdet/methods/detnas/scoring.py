@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nasdet import build
-from nasdet.build import build_datasets
+from nasdet.build import build_datasets, cached_for_scoring
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
@@ -39,12 +39,14 @@ def subnet_architecture(supernet: Model, code: ShuffleNetCode) -> Model:
 
 @functools.lru_cache(maxsize=2)
 def load_supernet(path: str, config_json: str) -> tuple[nn.Module, Any, dict[str, torch.Tensor]]:
-    """The supernet detector, the datasets and its pristine BN buffers (cached per process: a
-    worker scores many candidates of the same supernet). ``config_json``: a Config dump."""
+    """The supernet detector, the datasets (their scoring and calibration images kept in memory:
+    see :func:`~nasdet.build.cached_for_scoring`) and its pristine BN buffers (cached per
+    process: a worker scores many candidates of the same supernet). ``config_json``: a Config
+    dump."""
 
     cfg = TrainConfig.model_validate(json.loads(config_json))
     model = load_model(path)
-    data = build_datasets(cfg.data, seed=cfg.seed)
+    data = cached_for_scoring(build_datasets(cfg.data, seed=cfg.seed), cfg)
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
     return model, data, buffers
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from nasdet.atomic import write_json_atomic
-from nasdet.build import build_datasets
+from nasdet.build import build_datasets, cached_for_scoring
 from nasdet.data import collate
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
@@ -197,7 +197,8 @@ def search_at(
     """One search at ``resolution`` (see the module docstring)."""
     step_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    data = build_datasets(cfg.data, seed=cfg.seed)
+    # the split scored for every architecture stays decoded; training images are not kept
+    data = cached_for_scoring(build_datasets(cfg.data, seed=cfg.seed), cfg, calibration=False)
     device = resolve_device(cfg.train.device)
     model = load_space(space_path).to(device)
     set_resolution(model, resolution)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nasdet import build
-from nasdet.build import build_datasets
+from nasdet.build import build_datasets, cached_for_scoring
 from nasdet.engine.bn import recalibrate_detector_bn
 from nasdet.engine.evaluate import evaluate
 from nasdet.engine.train import resolve_device
@@ -52,10 +52,11 @@ class ScoringState:
 
 def setup(payload: dict[str, Any]) -> ScoringState:
     """Load the supernet (``payload["supernet"]``, a model file) and the datasets of
-    ``payload["config"]`` (a training config dump): once per worker."""
+    ``payload["config"]`` (a training config dump; the images read for every candidate kept in
+    memory, see :func:`~nasdet.build.cached_for_scoring`): once per worker."""
     cfg = TrainConfig.model_validate(payload["config"])
     model = load_model(payload["supernet"])
-    data = build_datasets(cfg.data, seed=cfg.seed)
+    data = cached_for_scoring(build_datasets(cfg.data, seed=cfg.seed), cfg)
     pristine = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
     return ScoringState(model, data, pristine, cfg)
 
