@@ -81,10 +81,13 @@ def verdict(a: dict[str, Any], b: dict[str, Any], pair: dict[str, Any] | None) -
     )
 
 
-def compare_markdown(summary: dict[str, Any], first: str) -> str:
+def compare_markdown(
+    summary: dict[str, Any], first: str, also: list[tuple[str, str]] | tuple = ()
+) -> str:
     """Per architecture mean ± sd of mAP and AP50 over the seeds, params and GFLOPs; per pair the
     mean ± sd of the per-seed mAP difference (points), t and p; the verdict of each against
-    ``first`` (the hand-designed net)."""
+    ``first`` (the hand-designed net), then of each ``(base, label)`` of ``also`` (labels that
+    the summary lacks are skipped)."""
     archs = summary["architectures"]
     seeds = summary["seeds"]
     lines = [
@@ -106,10 +109,12 @@ def compare_markdown(summary: dict[str, Any], first: str) -> str:
             lines.append(f"| {p['a']} | {p['b']} | {p['mean'] * 100:+.1f}{sd} | {t} | {pv} |")
     base = next(a for a in archs if a["label"] == first)
     lines.append("")
-    for a in archs:
-        if a is not base:
-            pair = pairs.get((first, a["label"])) or pairs.get((a["label"], first))
-            lines.append(f"Verdict: **{verdict(base, a, pair)}**.  ")
+    judged = [(base, a) for a in archs if a is not base]
+    by_label = {a["label"]: a for a in archs}
+    judged += [(by_label[b], by_label[a]) for b, a in also if b in by_label and a in by_label]
+    for b, a in judged:
+        pair = pairs.get((b["label"], a["label"])) or pairs.get((a["label"], b["label"]))
+        lines.append(f"Verdict: **{verdict(b, a, pair)}**.  ")
     budget = summary["budget"]
     lines.append(
         f"Budget: {budget['train'].get('epochs')} epochs, batch {budget['train'].get('batch_size')}"

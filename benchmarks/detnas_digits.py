@@ -12,10 +12,11 @@ Parts (all by default; each resumes where it stopped):
   tau (target >= 0.6) and its plot; training-step time supernet vs extracted subnet (target <=
   1.15x); one candidate's one-shot scoring vs training it stand-alone with the final-training
   schedule (target >= 100x); the pipeline's searched vs hand-crafted result;
-- ``compare`` (not run by default: 40 min measured): the pipeline's searched subnet against the
-  hand-crafted ShuffleNetV2, each trained from scratch with ``subnet_train``'s budget for seeds
-  0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired t-test, verdict); the report then shows it
-  in place of the pipeline's one-seed result;
+- ``compare`` (not run by default: 40 min measured for two nets): the pipeline's searched subnet
+  against the hand-crafted ShuffleNetV2 (every block 3x3, the cheapest net of the space) and
+  against that net widened to the searched net's FLOPs, each trained from scratch with
+  ``subnet_train``'s budget for seeds 0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired
+  t-test, verdicts); the report then shows it in place of the pipeline's one-seed result;
 - ``ablation`` (not run by default: hours): the ranking under each supernet training or scoring
   variant of ``_detnas_ablation.VARIANTS`` (``--variants``), a table of Kendall tau.
 
@@ -46,7 +47,7 @@ from nasdet.data import collate
 from nasdet.engine.evaluate import evaluate
 from nasdet.methods import load_run_config
 from nasdet.methods.detnas.scoring import load_supernet, score_subnet, subnet_architecture
-from nasdet.methods.detnas.space import ShuffleNetCode, ShuffleNetSpace
+from nasdet.methods.detnas.space import ShuffleNetCode, ShuffleNetSpace, handcrafted
 from nasdet.pipeline import run_pipeline
 from nasdet.search.records import RecordStore
 from nasdet.search.supernet import export_subnet
@@ -286,10 +287,10 @@ def _plot(xs: list[float], ys: list[float], tau: float, path: Path) -> None:
 
 
 def compare_configs(cfg, store: RecordStore) -> dict[str, dict]:
-    """The train configs of ``nasdet compare``: the hand-crafted ShuffleNetV2 and the pipeline's
-    searched subnet, with ``subnet_train``'s budget (every training image, its epochs)."""
-    from nasdet.methods.detnas.scoring import subnet_architecture
-    from nasdet.methods.detnas.space import handcrafted
+    """The train configs of ``nasdet compare``, with ``subnet_train``'s budget (every training
+    image, its epochs): the hand-crafted ShuffleNetV2 (every block 3x3: the cheapest net of the
+    space), the pipeline's searched subnet, and the hand-crafted net widened to the searched
+    net's cost (:func:`widened_handcrafted`), the comparison DetNAS itself makes."""
     from nasdet.methods.detnas.steps import base_config
 
     searched = [r for r in store.records("subnet_train", status="done")
@@ -298,16 +299,41 @@ def compare_configs(cfg, store: RecordStore) -> dict[str, dict]:
         raise SystemExit("compare: the pipeline trained no searched subnet: run --parts pipeline")
     depths = tuple(cfg.model.backbone.depths or (4, 4, 8, 4))
     space = ShuffleNetSpace(depths)
+    models = {"handcrafted": subnet_architecture(cfg.model, handcrafted(depths)),
+              "searched": subnet_architecture(cfg.model, space.parse(searched[0].genotype))}
+    models["handcrafted-wide"] = widened_handcrafted(cfg, models["handcrafted"],
+                                                     models["searched"])  # fmt: skip
     configs = {}
-    for label, code in (("handcrafted", handcrafted(depths)),
-                        ("searched", space.parse(searched[0].genotype))):  # fmt: skip
+    for label, model in models.items():
         config = base_config(cfg)
         config["data"]["search_fraction"] = 0.0
-        config["model"] = subnet_architecture(cfg.model, code).model_dump(mode="json")
+        config["model"] = model.model_dump(mode="json")
         if cfg.subnet_train is not None and cfg.subnet_train.epochs:
             config["train"]["epochs"] = cfg.subnet_train.epochs
         configs[label] = config
     return configs
+
+
+def widened_handcrafted(cfg, base, searched):
+    """``base`` (the hand-crafted net's model section) at the smallest ``width_mult``, in steps
+    of 0.01 above its own, whose whole detector costs at least the searched net's FLOPs at the
+    input size (the hand-designed alternative to searching: widen the standard net until it
+    spends the same compute)."""
+    from nasdet.build import num_classes
+
+    size, classes = cfg.model.min_size, num_classes(cfg.data)
+
+    def flops(model) -> float:
+        return measure_cost(build_detector(model, classes, load_weights=False).eval(),
+                            size)["flops"]  # fmt: skip
+
+    target, width = flops(searched), base.backbone.width_mult
+    for step in range(1, 301):
+        spec = base.backbone.model_copy(update={"width_mult": round(width + 0.01 * step, 2)})
+        wide = base.model_copy(update={"backbone": spec})
+        if flops(wide) >= target:
+            return wide
+    raise SystemExit(f"compare: no width_mult up to {width + 3:.2f} reaches {target:.0f} FLOPs")
 
 
 def _seeds_text(seeds) -> str:
@@ -367,7 +393,8 @@ def _markdown(cfg, codes, estimates, trained, tau, sup_s, sub_s, per_candidate, 
         cost.append(f"One SP-NAS candidate (its training, same machine) takes {spnas_s:.0f} s, "
                     f"{spnas_s / per_candidate:.0f}x.")  # fmt: skip
     if summary is not None:
-        result = [compare_markdown(summary, first="handcrafted")]
+        result = [compare_markdown(summary, first="handcrafted",
+                                   also=[("handcrafted-wide", "searched")])]  # fmt: skip
         result_head = ("**Result** (`nasdet compare`: each trained from scratch with "
                        "`subnet_train`'s budget, 3 seeds; FLOPs of the whole detector at "
                        f"{size}x{size}):")  # fmt: skip
