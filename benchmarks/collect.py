@@ -39,11 +39,12 @@ each table. Nothing here is a unit test: speed and quality targets are measured 
 asserted in `tests/`. The text after each section's Command/Machine lines is a hand-written
 reading of the numbers (`docs/benchmarks/<name>.notes.md`), kept when the numbers are remeasured.
 
-The DetNAS and OFA results below were measured when a search's winner was its best-scoring
-candidate. Since 2026-11-28 the winner is picked by `selection` (docs/usage.md, "Selection";
-default `auto`: the best within the constraints when any is set, else the knee of the front).
-The benchmark configs all set a cost limit, so they still take the best within it (ties now go
-to the cheaper candidate). The SP-NAS result (2026-11-29) was measured with `selection`.
+The OFA result below was measured when a search's winner was its best-scoring candidate.
+Since 2026-11-28 the winner is picked by `selection` (docs/usage.md, "Selection"; default
+`auto`: the best within the constraints when any is set, else the knee of the front). The
+benchmark configs all set a cost limit, so they still take the best within it (ties now go to
+the cheaper candidate). The SP-NAS and DetNAS results (2026-11-29) were measured with
+`selection`.
 """
 _HEADER_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.DOTALL)
 
