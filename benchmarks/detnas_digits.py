@@ -12,9 +12,9 @@ Parts (all by default; each resumes where it stopped):
   tau (target >= 0.6) and its plot; training-step time supernet vs extracted subnet (target <=
   1.15x); one candidate's one-shot scoring vs training it stand-alone with the final-training
   schedule (target >= 100x); the pipeline's searched vs hand-crafted result;
-- ``compare`` (not run by default: 40 min measured for two nets): the pipeline's searched subnet
-  against the hand-crafted ShuffleNetV2 (every block 3x3, the cheapest net of the space) and
-  against that net widened to the searched net's FLOPs, each trained from scratch with
+- ``compare`` (not run by default: 34 min measured for the three nets): the pipeline's searched
+  subnet against the hand-crafted ShuffleNetV2 (every block 3x3, the cheapest net of the space)
+  and against that net widened to the searched net's FLOPs, each trained from scratch with
   ``subnet_train``'s budget for seeds 0, 1 and 2 by ``nasdet compare`` (mean ± sd, paired
   t-test, verdicts); the report then shows it in place of the pipeline's one-seed result;
 - ``ablation`` (not run by default: hours): the ranking under each supernet training or scoring
