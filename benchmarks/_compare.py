@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def verdict(a: dict[str, Any], b: dict[str, Any], pair: dict[str, Any] | None) -
 
 
 def compare_markdown(
-    summary: dict[str, Any], first: str, also: list[tuple[str, str]] | tuple = ()
+    summary: dict[str, Any], first: str, also: Sequence[tuple[str, str]] = ()
 ) -> str:
     """Per architecture mean ± sd of mAP and AP50 over the seeds, params and GFLOPs; per pair the
     mean ± sd of the per-seed mAP difference (points), t and p; the verdict of each against
