@@ -17,7 +17,7 @@ from torch import nn
 
 from nasdet.cli import main
 from nasdet.compare.inputs import make_plan, parse_seeds
-from nasdet.compare.run import STEP
+from nasdet.compare.run import STEP, TRAIN_LOG
 from nasdet.compare.stats import paired_difference, spread
 from nasdet.errors import ConfigError, DataError
 from nasdet.models.io import save_model
@@ -190,6 +190,19 @@ def test_cli_writes_compare_json_and_report(compared: dict) -> None:
     assert "slim" in page and summary["failed"] == []
 
 
+def test_each_training_has_its_log_and_the_command_logs_to_nasdet_log(compared: dict) -> None:
+    """``-q`` keeps INFO off the terminal, not out of the files."""
+    out = compared["out"]
+    for label in ("a", "slim"):
+        for seed in (0, 1):
+            text = (out / "runs" / label / f"seed{seed}" / TRAIN_LOG).read_text()
+            assert "epoch 1/1  loss" in text and "val mAP" in text, (label, seed)
+            assert "trained 1 epochs" in text
+    log = (out / "nasdet.log").read_text()
+    assert f"[4/4] training slim seed 1 (log: {out / 'runs' / 'slim' / 'seed1' / TRAIN_LOG})" in log
+    assert "slim seed 1: mAP" in log
+
+
 def test_rerun_trains_nothing(compared: dict, capsys: pytest.CaptureFixture) -> None:
     before = _finished(compared["out"])
     assert len(before) == 4
@@ -246,6 +259,8 @@ def test_a_failed_training_exits_1_without_verdict(
     summary = json.loads((out / "compare.json").read_text())
     assert summary["pairs"] == [] and not summary["complete"]
     assert summary["failed"][0]["label"] == "b" and "GroupNorm" in summary["failed"][0]["error"]
+    text = (out / "runs" / "b" / "seed0" / TRAIN_LOG).read_text()
+    assert "failed: ValueError" in text and "Traceback" in text and "GroupNorm" in text
 
 
 # -- on Ray workers ----------------------------------------------------------------------------
@@ -278,6 +293,10 @@ def test_ray_workers_train_at_once_and_failures_are_recorded(
     for seed in (0, 1):
         assert Path(recs[f"a seed={seed}"].weights_path).is_file()
         assert recs[f"a seed={seed}"].metrics["mAP"] >= 0
+        text = (out / "runs" / "a" / f"seed{seed}" / TRAIN_LOG).read_text()  # from the worker
+        assert "epoch 1/1  loss" in text and "val mAP" in text
+        text = (out / "runs" / "b" / f"seed{seed}" / TRAIN_LOG).read_text()
+        assert "failed: " in text and "GroupNorm" in text
     summary = json.loads((out / "compare.json").read_text())
     assert summary["pairs"] == [] and [f["label"] for f in summary["failed"]] == ["b", "b"]
 

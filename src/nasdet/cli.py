@@ -19,10 +19,10 @@ from typing import Any
 
 from nasdet import __version__
 from nasdet.errors import NasdetError, TrainingDiverged, WorkFailed
+from nasdet.logfile import LOG_FORMAT
 from nasdet.progress import MODE_ENV as PROGRESS_ENV
 
 log = logging.getLogger("nasdet")
-_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 LOG_FILENAME = "nasdet.log"
 QUIET_LIBRARIES = ("PIL", "matplotlib", "urllib3", "filelock", "fsspec")
 SEARCHED_ARCH = "--searched-arch"
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # a usage mistake exits 2 here
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format=_FORMAT,
+        format=LOG_FORMAT,
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
@@ -81,25 +81,36 @@ def _run_command(args: argparse.Namespace, log_file: str | None) -> int:
 
 
 def _out_dir(args: argparse.Namespace) -> Path | None:
-    """The run directory of ``train`` and ``run`` (``--out``, default ``runs/<config name>``)."""
+    """The output directory of ``train`` and ``run`` (``--out``, default ``runs/<config
+    name>``) and of ``compare`` (its ``--out``)."""
+    if args.command == "compare":
+        return args.out
     if args.command not in ("train", "run"):
         return None
     return args.out or Path("runs") / args.config.stem
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A file handler that makes its folder when the first line comes: a command refused before
+    it logs anything (a wrong flag) leaves no output directory behind."""
+
+    def _open(self):  # noqa: ANN202 - logging's signature
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def _log_to_file(args: argparse.Namespace) -> logging.FileHandler | None:
     """Log everything (DEBUG, tracebacks included) to ``<out>/nasdet.log`` (per rank under
-    torchrun: ``nasdet.rank<N>.log`` for ranks other than 0)."""
+    torchrun: ``nasdet.rank<N>.log`` for ranks other than 0), from its first line on."""
     out = _out_dir(args)
     if out is None:
         return None
     args.out = out
     rank = int(os.environ.get("RANK", "0"))
     path = out / (LOG_FILENAME if rank == 0 else f"nasdet.rank{rank}.log")
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = _LazyFileHandler(path, delay=True)
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
@@ -589,6 +600,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """A progress line: on stderr whatever -q says, and in the log file."""
+    print(line, file=sys.stderr)
+    log.debug("%s", line)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from nasdet.compare.inputs import make_plan, parse_seeds
     from nasdet.compare.report import architecture_table, cell_text, pairs_table
@@ -620,7 +637,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             executor=executor,
             latency=args.latency,
             threads=args.threads,
-            progress=lambda line: print(line, file=sys.stderr),
+            progress=_say,
         )
     tty = sys.stdout.isatty()
     for table in (architecture_table(result.summary), pairs_table(result.summary)):

@@ -5,7 +5,8 @@ at every seed into one output directory, then summarise.
 architectures, seeds or budget is refused with one line), ``records.sqlite`` (one record per
 (architecture, seed) in step ``compare``, committed after each training, so a killed compare
 resumes where it stopped and a finished one trains nothing again), ``runs/<label>/seed<k>/`` (each
-training's files, as ``nasdet train`` writes them), ``compare.json`` and ``report.html``.
+training's files, as ``nasdet train`` writes them, and its log ``train.log``, written by
+whichever process trains it), ``compare.json`` and ``report.html``.
 
 The trainings are independent, so an :class:`~nasdet.search.executors.Executor` runs them: one
 after another here (the default), or several at once on Ray workers (``nasdet compare --executor
@@ -29,6 +30,7 @@ from nasdet.compare.inputs import Architecture, ComparePlan, train_config
 from nasdet.compare.summary import summarize
 from nasdet.engine.train import CHECKPOINT
 from nasdet.errors import ConfigError, WorkFailed
+from nasdet.logfile import log_file
 from nasdet.pipeline import VOLATILE_KEYS, changed_keys
 from nasdet.search.executors import Executor, InProcessExecutor, Outcome, Task, error_line
 from nasdet.search.records import RECORDS_FILENAME, RecordStore
@@ -38,6 +40,7 @@ __all__ = [
     "INPUTS_FILENAME",
     "RESULT_FILENAME",
     "STEP",
+    "TRAIN_LOG",
     "CompareResult",
     "run_compare",
     "train_task",
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 STEP = "compare"
 INPUTS_FILENAME = "compare.yaml"
 RESULT_FILENAME = "compare.json"
+TRAIN_LOG = "train.log"
 
 
 @dataclass(frozen=True)
@@ -170,17 +174,20 @@ def _tasks(
         except Exception as e:  # noqa: BLE001 - recorded; the others go on
             _fail(store, rid, arch.label, seed, error_line(e), traceback.format_exc())
             continue
-        say(f"[{position}/{total}] training {arch.label} seed {seed}")
         run_dir = out / "runs" / arch.label / f"seed{seed}"
+        say(f"[{position}/{total}] training {arch.label} seed {seed} (log: {run_dir / TRAIN_LOG})")
         yield Task(rid, {"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir)})
 
 
 def train_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Where a worker runs: train ``payload["config"]`` into ``payload["run_dir"]`` (from its
-    checkpoint when a killed training left one); its metrics, model file, params and seconds."""
+    checkpoint when a killed training left one); its metrics, model file, params and seconds.
+    What the training logs (epochs, progress lines, a failure's traceback) goes to the run
+    directory's ``train.log``, in the worker's process too."""
     cfg = train_config(payload["config"])
     run_dir = Path(payload["run_dir"])
-    result = train_step(cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
+    with log_file(run_dir / TRAIN_LOG):
+        result = train_step(cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
     return {
         "metrics": dict(result.metrics),
         "model": str(result.model_path),
