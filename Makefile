@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/spnas_digits.py --compare --out docs/benchmarks/spnas.md
 	$(BIN)/python benchmarks/detnas_digits.py --out docs/benchmarks/detnas.md
 	$(BIN)/python benchmarks/ofa_digits.py --out docs/benchmarks/ofa.md
+	$(BIN)/python benchmarks/ofa_digits.py --parts compare --compare-out docs/benchmarks/ofa_compare.md
 	$(BIN)/python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
 	$(BIN)/python benchmarks/collect.py
 

@@ -26,6 +26,7 @@ SECTIONS = [
     ("DetNAS on the bundled digits", "detnas.md"),
     ("DetNAS ranking ablation", "detnas_ablation.md"),
     ("OFA on the bundled digits", "ofa.md"),
+    ("OFA result over 3 seeds (nasdet compare)", "ofa_compare.md"),
     ("Latency-constrained search (ENOT's flow) on the bundled digits", "latency.md"),
     ("GPU: training throughput, FLOP/s, latency and scoring on one device", "gpu.md"),
 ]

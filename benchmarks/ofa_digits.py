@@ -13,9 +13,14 @@ Parts (all by default; each resumes where it stopped):
   candidates per minute and each worker's idle time between candidates;
 - ``result``: the searched subnet and the hand-designed net (kernel 3, expand 4, depth 3) of
   the pipeline trained with the final budget for seeds 1 and 2 (seed 0 is the pipeline's);
-- ``report``: the markdown.
+- ``report``: the markdown;
+- ``compare`` (not run by default): the same two nets (the configs of the pipeline's final
+  trainings) trained from scratch with the final budget for seeds 0, 1 and 2 by ``nasdet
+  compare``, two at a time on Ray (mean ± sd, paired t-test, verdict); its own fragment
+  (``--compare-out``).
 
     python benchmarks/ofa_digits.py --out docs/benchmarks/ofa.md
+    python benchmarks/ofa_digits.py --parts compare --compare-out docs/benchmarks/ofa_compare.md
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import machine_line, write_fragment
+from _compare import compare_markdown, run_compare
 
 from nasdet.methods import load_run_config
 from nasdet.methods.ofa import evolve
@@ -196,6 +202,8 @@ def main() -> None:
     )
     p.add_argument("--run-dir", type=Path, help="the pipeline's run (default RUNS/ofa_digits)")
     p.add_argument("--out", type=Path, help="write the markdown here")
+    p.add_argument("--compare-out", type=Path, help="write the compare part's markdown here")
+    p.add_argument("--workers", type=int, default=2, help="the compare's trainings at once (Ray)")
     args = p.parse_args()
     parts = args.parts.split(",")
     cfg = load_run_config(args.config)
@@ -254,6 +262,11 @@ def main() -> None:
         if role in finals
         for seed in (1, 2)
     ]
+    if "compare" in parts:
+        text = compare_part(cfg, finals, args.runs / "ofa_compare", args.workers)
+        print(text)
+        if args.compare_out:
+            write_fragment(args.compare_out, text)
     if "shrink" in parts:
         run_jobs(shrink_jobs)
     if "standalone" in parts:
@@ -283,6 +296,33 @@ def main() -> None:
     print(text)
     if args.out:
         write_fragment(args.out, text)
+
+
+def compare_part(cfg: Any, finals: dict[str, Any], out: Path, workers: int) -> str:
+    """``nasdet compare`` of the pipeline's hand-designed and searched nets, from the configs
+    their final trainings wrote (one budget: the final training's), seeds 0, 1, 2; markdown."""
+    configs = {}
+    for role, label in (("baseline", "hand-designed"), ("searched", "searched")):
+        if role not in finals:
+            raise SystemExit(f"compare: the pipeline has no final {role} training: run pipeline")
+        configs[label] = Path(finals[role].weights_path).parent / "config.yaml"
+    summary = run_compare(out, configs, workers=workers)
+    genotypes = {r: f"`{finals[r].genotype}`" for r in ("baseline", "searched")}
+    return "\n".join(
+        [
+            f"`configs/ofa_ssd_digits.yaml`: the pipeline's searched subnet (FLOPs limit "
+            f"{cfg.search.constraints.max_flops / 1e6:.1f} M, the hand-designed net's) "
+            f"{genotypes['searched']} against the hand-designed net {genotypes['baseline']}, "
+            "each trained from scratch with the final training's budget by `nasdet compare` "
+            "(FLOPs of the whole detector):",
+            "",
+            compare_markdown(summary, first="hand-designed"),
+            "",
+            "Command: `python benchmarks/ofa_digits.py --parts pipeline,compare --compare-out "
+            "docs/benchmarks/ofa_compare.md`  ",
+            f"Machine: {machine_line()}",
+        ]
+    )
 
 
 def _mean_sd(xs: list[float]) -> str:
