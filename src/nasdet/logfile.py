@@ -22,7 +22,9 @@ def log_file(path: str | Path, level: int = logging.INFO, logger: str = "nasdet"
     resumed piece of work adds to its file). The logger's level is lowered to ``level`` for the
     block when it would drop them (a Ray worker's loggers start at WARNING) and restored after.
     An exception leaving the block is written to the file with its traceback (only there: the
-    caller reports the failure) and raised on."""
+    caller reports the failure) and raised on. The handler sits on the process's logger, so
+    every thread's lines go to it: one such block per process at a time (a Ray task or a
+    compare's in-process training)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
