@@ -40,12 +40,10 @@ each table. Nothing here is a unit test: speed and quality targets are measured 
 asserted in `tests/`. The text after each section's Command/Machine lines is a hand-written
 reading of the numbers (`docs/benchmarks/<name>.notes.md`), kept when the numbers are remeasured.
 
-The OFA result below was measured when a search's winner was its best-scoring candidate.
-Since 2026-11-28 the winner is picked by `selection` (docs/usage.md, "Selection"; default
-`auto`: the best within the constraints when any is set, else the knee of the front). The
-benchmark configs all set a cost limit, so they still take the best within it (ties now go to
-the cheaper candidate). The SP-NAS and DetNAS results (2026-11-29) were measured with
-`selection`.
+Since 2026-11-28 a search's winner is picked by `selection` (docs/usage.md, "Selection";
+default `auto`: the best within the constraints when any is set, else the knee of the front).
+The SP-NAS, DetNAS and OFA results (2026-11-29) were measured with it; the benchmark configs
+all set a cost limit, so they take the best within it.
 """
 _HEADER_COMMENT = re.compile(r"\A\s*<!--.*?-->\s*", re.DOTALL)
 
