@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ofa_digits.py --out docs/benchmarks/ofa.md
 	$(BIN)/python benchmarks/ofa_digits.py --parts compare --compare-out docs/benchmarks/ofa_compare.md
 	$(BIN)/python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
+	$(BIN)/python benchmarks/latency_digits.py --parts compare --compare-out docs/benchmarks/latency_compare.md
 	$(BIN)/python benchmarks/collect.py
 
 ## bench-gpu: regenerate docs/benchmarks/gpu.md on a machine with one CUDA device (under 8 minutes

@@ -28,6 +28,7 @@ SECTIONS = [
     ("OFA on the bundled digits", "ofa.md"),
     ("OFA result over 3 seeds (nasdet compare)", "ofa_compare.md"),
     ("Latency-constrained search (ENOT's flow) on the bundled digits", "latency.md"),
+    ("Latency search result over 3 seeds, from scratch (nasdet compare)", "latency_compare.md"),
     ("GPU: training throughput, FLOP/s, latency and scoring on one device", "gpu.md"),
 ]
 HEADER = """# Benchmarks

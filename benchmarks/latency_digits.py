@@ -24,9 +24,17 @@ Parts (all by default; each resumes where it stopped):
   baseline's architecture (variant 0 everywhere) tuned from the same space checkpoint as the
   searched net, seeds 0, 1 and 2 (ENOT's protocol applied to both: the fair form of its
   comparison);
-- ``report``: the markdown.
+- ``report``: the markdown;
+- ``compare`` (not run by default): the equal-budget comparison through ``nasdet compare``: the
+  baseline and the pipeline's searched architecture, both trained from scratch with the
+  baseline's setup (the configs the pipeline's ``baseline`` and ``tune`` steps wrote) for seeds
+  0, 1 and 2, two at a time on Ray (mean ± sd, paired t-test, verdict); its own fragment
+  (``--compare-out``). The tuned rows (ENOT's protocol: weights from the space) stay the
+  ``seeds`` parts': ``nasdet compare`` trains from scratch.
 
     python benchmarks/latency_digits.py --out docs/benchmarks/latency.md
+    python benchmarks/latency_digits.py --parts compare --compare-out \
+        docs/benchmarks/latency_compare.md
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from typing import Any
 
 import yaml
 from _common import machine_line, write_fragment
+from _compare import compare_markdown, run_compare
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "latency_digits.yaml"
@@ -615,6 +624,38 @@ def markdown(
     return "\n".join(lines)
 
 
+def compare_part(raw: dict[str, Any], run: Path, workers: int) -> str:
+    """``nasdet compare`` of the baseline and the pipeline's searched architecture, both from
+    scratch with the baseline's setup (the configs of the pipeline's ``baseline`` and ``tune``
+    trainings), seeds 0, 1, 2; markdown."""
+    steps = run / "pipeline" / "output"
+    configs = {
+        "baseline": steps / "baseline" / "config.yaml",
+        "searched": steps / "tune" / "config.yaml",
+    }
+    for path in configs.values():
+        if not path.is_file():
+            raise SystemExit(f"compare: {path} not found: run --parts pipeline first")
+    summary = run_compare(run / "compare", configs, workers=workers)
+    (rec,) = [r for key, r in _records(run / "pipeline").items() if key.startswith("tune|")]
+    return "\n".join(
+        [
+            f"`configs/latency_digits.yaml`: the baseline ({raw['model']['backbone']['name']}, "
+            f"{raw['model']['min_size']} px) against the pipeline's searched architecture "
+            f"`{rec.extra.get('arch')}` (target {raw['search']['target_latency']:g} "
+            f"{raw.get('latency', 'mmac')}), both trained from scratch with the baseline's "
+            "setup by `nasdet compare` (the equal-budget comparison; FLOPs of the whole "
+            "detector):",
+            "",
+            compare_markdown(summary, first="baseline"),
+            "",
+            "Command: `python benchmarks/latency_digits.py --parts pipeline,compare --compare-out "
+            "docs/benchmarks/latency_compare.md`  ",
+            f"Machine: {machine_line()}",
+        ]
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "latency.md"))
@@ -625,6 +666,8 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=2, help="threads of a pipeline run (1 on a shared machine)"
     )
+    p.add_argument("--compare-out", type=Path, help="write the compare part's markdown here")
+    p.add_argument("--workers", type=int, default=2, help="the compare's trainings at once (Ray)")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     run = Path(args.run_dir)
@@ -644,6 +687,11 @@ def main() -> None:
         lo_hi = [int(v) for v in args.range.split(",")]
         config = resolution_config(raw, run, lo_hi)
         print("resolution:", run_config(config, run, "resolution", args.threads))
+    if "compare" in parts:
+        text = compare_part(raw, run, args.workers)
+        print(text)
+        if args.compare_out:
+            write_fragment(args.compare_out, text)
     seeds_map = seeds(raw, run, ("baseline", "pipeline")) if "seeds" in parts else {}
     if "scratch" in parts:
         seeds_map.update(seeds(raw, run, ("scratch",)))
