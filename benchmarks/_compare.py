@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import machine_line
 
 SEEDS = (0, 1, 2)
 
@@ -123,3 +124,18 @@ def compare_markdown(
         f"`{summary['out']}`)."
     )
     return "\n".join(lines)
+
+
+def compare_fragment(intro: str, summary: dict[str, Any], first: str, command: str) -> str:
+    """A compare part's whole fragment: ``intro`` (what is compared), the tables and verdicts of
+    :func:`compare_markdown` against ``first``, the command and the machine."""
+    return "\n".join(
+        [
+            intro,
+            "",
+            compare_markdown(summary, first=first),
+            "",
+            f"Command: `{command}`  ",
+            f"Machine: {machine_line()}",
+        ]
+    )

@@ -55,7 +55,7 @@ from typing import Any
 
 import yaml
 from _common import machine_line, write_fragment
-from _compare import compare_markdown, run_compare
+from _compare import compare_fragment, run_compare
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "latency_digits.yaml"
@@ -638,22 +638,19 @@ def compare_part(raw: dict[str, Any], run: Path, workers: int) -> str:
             raise SystemExit(f"compare: {path} not found: run --parts pipeline first")
     summary = run_compare(run / "compare", configs, workers=workers)
     (rec,) = [r for key, r in _records(run / "pipeline").items() if key.startswith("tune|")]
-    return "\n".join(
-        [
-            f"`configs/latency_digits.yaml`: the baseline ({raw['model']['backbone']['name']}, "
-            f"{raw['model']['min_size']} px) against the pipeline's searched architecture "
-            f"`{rec.extra.get('arch')}` (target {raw['search']['target_latency']:g} "
-            f"{raw.get('latency', 'mmac')}), both trained from scratch with the baseline's "
-            "setup by `nasdet compare` (the equal-budget comparison; FLOPs of the whole "
-            "detector):",
-            "",
-            compare_markdown(summary, first="baseline"),
-            "",
-            "Command: `python benchmarks/latency_digits.py --parts pipeline,compare --compare-out "
-            "docs/benchmarks/latency_compare.md`  ",
-            f"Machine: {machine_line()}",
-        ]
+    intro = (
+        f"`configs/latency_digits.yaml`: the baseline ({raw['model']['backbone']['name']}, "
+        f"{raw['model']['min_size']} px) against the pipeline's searched architecture "
+        f"`{rec.extra.get('arch')}` (target {raw['search']['target_latency']:g} "
+        f"{raw.get('latency', 'mmac')}), both trained from scratch with the baseline's "
+        "setup by `nasdet compare` (the equal-budget comparison; FLOPs of the whole "
+        "detector):"
     )
+    command = (
+        "python benchmarks/latency_digits.py --parts pipeline,compare --compare-out "
+        "docs/benchmarks/latency_compare.md"
+    )
+    return compare_fragment(intro, summary, "baseline", command)
 
 
 def main() -> None:

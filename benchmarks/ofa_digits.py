@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import machine_line, write_fragment
-from _compare import compare_markdown, run_compare
+from _compare import compare_fragment, run_compare
 
 from nasdet.methods import load_run_config
 from nasdet.methods.ofa import evolve
@@ -308,21 +308,18 @@ def compare_part(cfg: Any, finals: dict[str, Any], out: Path, workers: int) -> s
         configs[label] = Path(finals[role].weights_path).parent / "config.yaml"
     summary = run_compare(out, configs, workers=workers)
     genotypes = {r: f"`{finals[r].genotype}`" for r in ("baseline", "searched")}
-    return "\n".join(
-        [
-            f"`configs/ofa_ssd_digits.yaml`: the pipeline's searched subnet (FLOPs limit "
-            f"{cfg.search.constraints.max_flops / 1e6:.1f} M, the hand-designed net's) "
-            f"{genotypes['searched']} against the hand-designed net {genotypes['baseline']}, "
-            "each trained from scratch with the final training's budget by `nasdet compare` "
-            "(FLOPs of the whole detector):",
-            "",
-            compare_markdown(summary, first="hand-designed"),
-            "",
-            "Command: `python benchmarks/ofa_digits.py --parts pipeline,compare --compare-out "
-            "docs/benchmarks/ofa_compare.md`  ",
-            f"Machine: {machine_line()}",
-        ]
+    intro = (
+        f"`configs/ofa_ssd_digits.yaml`: the pipeline's searched subnet (FLOPs limit "
+        f"{cfg.search.constraints.max_flops / 1e6:.1f} M, the hand-designed net's) "
+        f"{genotypes['searched']} against the hand-designed net {genotypes['baseline']}, "
+        "each trained from scratch with the final training's budget by `nasdet compare` "
+        "(FLOPs of the whole detector):"
     )
+    command = (
+        "python benchmarks/ofa_digits.py --parts pipeline,compare --compare-out "
+        "docs/benchmarks/ofa_compare.md"
+    )
+    return compare_fragment(intro, summary, "hand-designed", command)
 
 
 def _mean_sd(xs: list[float]) -> str:

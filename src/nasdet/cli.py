@@ -19,7 +19,7 @@ from typing import Any
 
 from nasdet import __version__
 from nasdet.errors import NasdetError, TrainingDiverged, WorkFailed
-from nasdet.logfile import LOG_FORMAT
+from nasdet.logfile import LOG_FORMAT, file_formatter
 from nasdet.progress import MODE_ENV as PROGRESS_ENV
 
 log = logging.getLogger("nasdet")
@@ -110,7 +110,7 @@ def _log_to_file(args: argparse.Namespace) -> logging.FileHandler | None:
     path = out / (LOG_FILENAME if rank == 0 else f"nasdet.rank{rank}.log")
     handler = _LazyFileHandler(path, delay=True)
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(file_formatter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)

@@ -11,9 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["LOG_FORMAT", "log_file"]
+__all__ = ["LOG_FORMAT", "file_formatter", "log_file"]
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+
+
+def file_formatter() -> logging.Formatter:
+    """The format of nasdet's log files: :data:`LOG_FORMAT` with the date in the time."""
+    return logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
 
 
 @contextmanager
@@ -29,7 +34,7 @@ def log_file(path: str | Path, level: int = logging.INFO, logger: str = "nasdet"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(level)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(file_formatter())
     target = logging.getLogger(logger)
     old_level = target.level
     if target.getEffectiveLevel() > level:
